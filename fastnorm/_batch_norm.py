@@ -1,0 +1,186 @@
+"""Batch normalisation: argument checks, running statistics, kernel calls.
+
+Shared by the BatchNorm layers and by fastnorm.functional.  Statistics and
+per-channel coefficients are float64; data stays in its own dtype.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _checks as ck
+from . import _kernels
+
+
+@dataclass
+class Saved:
+    """What a forward call leaves for its backward."""
+
+    x3: np.ndarray          # input as contiguous (N, C, L)
+    shape: tuple            # input's shape
+    mean: np.ndarray        # float64 (C,): the mean that normalised
+    invstd: np.ndarray      # float64 (C,): 1 / sqrt(var + eps) that normalised
+    batch_stats: bool       # statistics came from this batch
+    overwritten: bool       # out= was the input: x3 no longer holds it
+
+
+def as_ncl(x):
+    """Contiguous aligned (N, C, L) view of x (a copy only if x is not)."""
+    if not (x.flags.c_contiguous and x.flags.aligned):
+        x = np.ascontiguousarray(x)
+        if not x.flags.aligned:  # pragma: no cover - numpy allocates aligned
+            x = x.copy()
+    L = 1
+    for s in x.shape[2:]:
+        L *= s
+    return x.reshape(x.shape[0], x.shape[1], L)
+
+
+def check_input(x, where, ndims, C=None, layout=None):
+    """x as a float ndarray of an accepted rank (and C channels if given)."""
+    x = ck.as_float_array(x, "input", where)
+    if x.ndim not in ndims:
+        want = " or ".join(f"{d}D" for d in ndims)
+        lay = f" {layout}" if layout else ""
+        raise ValueError(
+            f"{where}: expected {want} input{lay}, got {x.ndim}D input of "
+            f"shape {ck.shape_str(x.shape)}"
+        )
+    if C is not None and x.shape[1] != C:
+        raise ValueError(
+            f"{where}: expected input with {C} channels (dim 1), got "
+            f"{x.shape[1]} channels in input of shape {ck.shape_str(x.shape)}"
+        )
+    return x
+
+
+def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
+            update, momentum, eps, out, nbt=None):
+    """Batch norm of a checked input x (ndarray, rank >= 2).
+
+    batch_stats: normalise with this batch's statistics (else running ones).
+    update: with batch_stats, fold them into running_mean / running_var.
+    momentum: float, or None for a cumulative average over nbt batches
+    (nbt: the count including this batch).
+    Returns (y, Saved).
+    """
+    C = x.shape[1]
+    dt = x.dtype
+    eps = ck.eps_value(eps, where)
+    weight = ck.param(weight, "weight", C, dt, where)
+    bias = ck.param(bias, "bias", C, dt, where)
+    running_mean = ck.buffer(running_mean, "running_mean", C, dt, where, update)
+    running_var = ck.buffer(running_var, "running_var", C, dt, where, update)
+    if not batch_stats and (running_mean is None or running_var is None):
+        raise ValueError(
+            f"{where}: running_mean and running_var are required when not training"
+        )
+    if update:
+        if momentum is None:
+            if nbt is None or nbt < 1:
+                raise ValueError(f"{where}: momentum=None needs the batch count")
+        else:
+            momentum = ck.momentum_value(momentum, where, allow_none=False)
+    out = ck.out_array(out, x.shape, dt, x, where)
+
+    x3 = as_ncl(x)
+    y = out if out is not None else np.empty(x.shape, dtype=dt)
+    if x.size == 0 and not batch_stats:
+        return y, Saved(x3, x.shape, np.zeros(C), np.ones(C), False, False)
+    mean, var, invstd = statistics(where, x3, x.shape, running_mean, running_var,
+                                   batch_stats, eps)
+    y3 = y.reshape(x3.shape)
+
+    scale = invstd if weight is None else invstd * weight
+    center = mean.astype(dt).astype(np.float64)
+    # y = (x - mean) * scale + bias = (x - center) * scale + shift
+    shift = (center - mean) * scale
+    if bias is not None:
+        shift += bias
+    _kernels.batch_affine(x3, y3, center, scale, shift)
+    if batch_stats and update and running_mean is not None:
+        f = momentum if momentum is not None else 1.0 / nbt
+        count = x3.shape[0] * x3.shape[2]
+        unbiased = var * (count / (count - 1))
+        running_mean[...] = (1.0 - f) * running_mean + f * mean
+        running_var[...] = (1.0 - f) * running_var + f * unbiased
+    overwritten = out is not None and np.may_share_memory(out, x3)
+    return y, Saved(x3, x.shape, mean, invstd, batch_stats, overwritten)
+
+
+def statistics(where, x3, shape, running_mean, running_var, batch_stats, eps):
+    """(mean, biased var, invstd) in float64 that normalise x3 (N, C, L)."""
+    if batch_stats:
+        count = x3.shape[0] * x3.shape[2]
+        if count == 1:
+            raise ValueError(
+                f"{where}: expected more than 1 value per channel when training, "
+                f"got input of shape {ck.shape_str(shape)}"
+            )
+        if count == 0:
+            raise ValueError(
+                f"{where}: cannot compute batch statistics of an empty input "
+                f"(shape {ck.shape_str(shape)}); eval mode with running "
+                "statistics accepts empty batches"
+            )
+        mean = np.empty(x3.shape[1])
+        var = np.empty(x3.shape[1])
+        _kernels.batch_stats(x3, mean, var)
+    else:
+        mean = running_mean.astype(np.float64)
+        var = running_var.astype(np.float64)
+    return mean, var, 1.0 / np.sqrt(var + eps)
+
+
+def backward(where, grad_output, saved, weight, need_weight, need_bias, grad_input_out=None):
+    """Gradients of the forward that produced `saved`.
+
+    Returns (grad_input, grad_weight or None, grad_bias or None), all in the
+    input's dtype.  grad_input = d/dx of sum(grad_output * y).
+    """
+    dt = saved.x3.dtype
+    if saved.overwritten:
+        raise RuntimeError(
+            f"{where}: the forward call wrote its output over its input (out=x), "
+            "so the input needed by backward is gone; run forward without "
+            "out=x to take gradients"
+        )
+    g = ck.as_float_array(grad_output, "grad_output", where)
+    if g.shape != tuple(saved.shape):
+        raise ValueError(
+            f"{where}: grad_output has shape {ck.shape_str(g.shape)}, expected "
+            f"{ck.shape_str(saved.shape)} (the shape of the forward input)"
+        )
+    ck.check_dtype_match(g, dt, "grad_output", where)
+    if weight is not None:
+        weight = ck.param(weight, "weight", saved.x3.shape[1], dt, where)
+    dx = ck.out_array(grad_input_out, saved.shape, dt, None, where)
+
+    x3 = saved.x3
+    C = x3.shape[1]
+    if dx is None:
+        dx = np.empty(saved.shape, dtype=dt)
+    if g.size == 0:
+        z = np.zeros(C, dtype=dt)
+        return dx, (z if need_weight else None), (z.copy() if need_bias else None)
+    g3 = as_ncl(g)
+    dx3 = dx.reshape(x3.shape)
+
+    sum_dy = np.empty(C)
+    sum_dyx = np.empty(C)
+    _kernels.batch_bwd_sums(x3, g3, saved.mean, sum_dy, sum_dyx)
+
+    a = saved.invstd if weight is None else saved.invstd * weight
+    if saved.batch_stats:
+        count = x3.shape[0] * x3.shape[2]
+        b = a * saved.invstd * saved.invstd * sum_dyx / count
+        k = a * sum_dy / count
+        center = saved.mean.astype(dt).astype(np.float64)
+        # dx = a*dy - b*(x - mean) - k, with x - mean = (x - center) + (center - mean)
+        k = k + b * (center - saved.mean)
+        _kernels.batch_bwd_input(x3, g3, dx3, center, a, b, k)
+    else:
+        _kernels.batch_scale(g3, dx3, a)
+
+    gw = (sum_dyx * saved.invstd).astype(dt) if need_weight else None
+    gb = sum_dy.astype(dt) if need_bias else None
+    return dx, gw, gb

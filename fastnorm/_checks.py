@@ -1,0 +1,169 @@
+"""Argument checks shared by every fastnorm layer and function.
+
+Every check runs before any kernel and before anything is written, so a call
+that fails changes nothing.  Messages name the function, what was expected
+and what came.
+"""
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def shape_str(shape):
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def float_dtype(dtype, where):
+    """The float32/float64 dtype named by `dtype` (a layer's dtype= keyword)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"{where}: dtype must be float32 or float64, got {dtype!r}") from e
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{where}: dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def as_float_array(a, name, where):
+    """`a` as a float32/float64 ndarray, without copying a native-order ndarray.
+
+    Array-likes (lists, PyTorch CPU tensors) are converted with np.asarray.
+    Byte-swapped float data is converted to native order (a copy).  Any other
+    dtype (integer, bool, complex, float16, object) is refused: fastnorm never
+    changes the precision of data behind the caller's back.
+    """
+    if not isinstance(a, np.ndarray):
+        try:
+            a = np.asarray(a)
+        except Exception:
+            a = _tensor_to_numpy(a, name, where)
+    dt = a.dtype
+    if dt.kind == "f" and dt.itemsize in (4, 8) and not dt.isnative:
+        a = a.astype(dt.newbyteorder("="))
+        dt = a.dtype
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{where}: expected {name} of dtype float32 or float64, got {dt}; "
+            f"convert it explicitly, e.g. {name}.astype(np.float32)"
+        )
+    return a
+
+
+def _tensor_to_numpy(t, name, where):
+    # A PyTorch tensor that requires grad refuses np.asarray.
+    detach = getattr(t, "detach", None)
+    if detach is not None:
+        try:
+            return np.asarray(detach().cpu().numpy())
+        except Exception:
+            pass
+    raise TypeError(f"{where}: {name} must be an array, got {type(t).__name__}")
+
+
+def check_dtype_match(a, dtype, name, where):
+    if a.dtype != dtype:
+        raise TypeError(
+            f"{where}: {name} has dtype {a.dtype} but the input has dtype {dtype}; "
+            "parameters and input must have the same dtype"
+        )
+
+
+def param(a, name, C, dtype, where):
+    """A per-channel parameter of shape (C,) and the input's dtype, or None."""
+    if a is None:
+        return None
+    a = as_float_array(a, name, where)
+    if a.shape != (C,):
+        raise ValueError(
+            f"{where}: expected {name} of shape ({C},) for an input with {C} "
+            f"channels, got shape {shape_str(a.shape)}"
+        )
+    check_dtype_match(a, dtype, name, where)
+    return a
+
+
+def buffer(a, name, C, dtype, where, writable):
+    """A running statistic: an ndarray (C,) of the input's dtype, updated in place."""
+    if a is None:
+        return None
+    if not isinstance(a, np.ndarray):
+        if writable:
+            raise TypeError(
+                f"{where}: {name} must be a NumPy array (it is updated in place), "
+                f"got {type(a).__name__}"
+            )
+        a = as_float_array(a, name, where)
+    if a.shape != (C,):
+        raise ValueError(
+            f"{where}: expected {name} of shape ({C},) for an input with {C} "
+            f"channels, got shape {shape_str(a.shape)}"
+        )
+    if a.dtype != dtype:
+        if a.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{where}: expected {name} of dtype {dtype}, got {a.dtype}")
+        check_dtype_match(a, dtype, name, where)
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{where}: {name} is read-only but must be updated in place")
+    return a
+
+
+def eps_value(eps, where):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{where}: eps must be a positive real number, got {eps!r}")
+    eps = float(eps)
+    if not (eps > 0.0 and math.isfinite(eps)):
+        raise ValueError(f"{where}: eps must be positive and finite, got {eps!r}")
+    return eps
+
+
+def momentum_value(momentum, where, allow_none=True):
+    if momentum is None and allow_none:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(
+            f"{where}: momentum must be a number in [0, 1]"
+            + (" or None" if allow_none else "") + f", got {momentum!r}"
+        )
+    m = float(momentum)
+    if not (0.0 <= m <= 1.0):
+        raise ValueError(f"{where}: momentum must be in [0, 1], got {momentum!r}")
+    return m
+
+
+def positive_int(v, name, where):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f"{where}: {name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def out_array(out, shape, dtype, x, where):
+    """Validate `out`: C-contiguous, writable, right shape and dtype, and either
+    the input itself (in-place) or not overlapping it at all."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{where}: out must be a NumPy array, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(
+            f"{where}: out has shape {shape_str(out.shape)}, expected {shape_str(shape)}"
+        )
+    if out.dtype != dtype:
+        raise TypeError(f"{where}: out has dtype {out.dtype}, expected {dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{where}: out is read-only")
+    if not (out.flags.c_contiguous and out.flags.aligned):
+        raise ValueError(f"{where}: out must be C-contiguous and aligned")
+    if x is not None and out is not x and np.may_share_memory(out, x):
+        same = (
+            out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
+            and out.strides == x.strides
+        )
+        if not same:
+            raise ValueError(
+                f"{where}: out overlaps the input without being the input itself; "
+                "pass out=x for in-place, or a separate array"
+            )
+    return out

@@ -1,0 +1,211 @@
+"""Normalisation layers with PyTorch's names, arguments and semantics."""
+import numpy as np
+
+from . import _batch_norm as _bn
+from . import _checks as ck
+
+
+class Module:
+    """Train/eval switch and state_dict plumbing shared by fastnorm layers.
+
+    Subclasses list their state in _param_names (learnable) and _buffer_names
+    (running state); each attribute is a NumPy array or None.
+    """
+
+    _param_names = ()
+    _buffer_names = ()
+
+    def train(self, mode=True):
+        """Set training mode (True) or eval mode (False); returns the layer."""
+        if not isinstance(mode, bool):
+            raise TypeError(f"{type(self).__name__}.train: mode must be a bool, got {mode!r}")
+        self.training = mode
+        return self
+
+    def eval(self):
+        """Set eval mode; returns the layer."""
+        return self.train(False)
+
+    def __call__(self, x, out=None):
+        return self.forward(x, out=out)
+
+    def state_dict(self):
+        """PyTorch's keys; copies of the arrays (num_batches_tracked: int64 0-d)."""
+        sd = {}
+        for name in self._param_names + self._buffer_names:
+            v = getattr(self, name)
+            if v is not None:
+                sd[name] = np.array(v, copy=True)
+        return sd
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy a state_dict (arrays or PyTorch tensors) into this layer.
+
+        Values are cast to the layer's dtype.  Keys that the layer does not
+        have, missing keys (strict=True) and wrong shapes raise; nothing is
+        changed unless everything fits.  A missing num_batches_tracked is
+        taken as 0, as PyTorch does for state_dicts without version data.
+        Returns (missing_keys, unexpected_keys), as lists.
+        """
+        where = f"{type(self).__name__}.load_state_dict"
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"{where}: expected a mapping, got {type(state_dict).__name__}")
+        own = [n for n in self._param_names + self._buffer_names if getattr(self, n) is not None]
+        keys = list(state_dict.keys())
+        missing = [k for k in own if k not in state_dict and k != "num_batches_tracked"]
+        unexpected = [k for k in keys if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"{where}: state_dict does not match the layer: missing keys "
+                f"{missing}, unexpected keys {unexpected} (expected {own})"
+            )
+        staged = {}
+        for k in own:
+            if k not in state_dict:
+                continue
+            cur = getattr(self, k)
+            v = state_dict[k]
+            try:
+                arr = np.asarray(v)
+            except Exception:
+                arr = ck._tensor_to_numpy(v, k, where)
+            if arr.shape != cur.shape:
+                raise ValueError(
+                    f"{where}: {k} has shape {ck.shape_str(arr.shape)}, the layer "
+                    f"expects {ck.shape_str(cur.shape)}"
+                )
+            if arr.dtype.kind not in ("f", "i", "u", "b") or (
+                k != "num_batches_tracked" and arr.dtype.kind not in ("f", "i", "u")
+            ):
+                raise TypeError(f"{where}: {k} has dtype {arr.dtype}, expected a real number array")
+            staged[k] = arr
+        if "num_batches_tracked" in own and "num_batches_tracked" not in staged:
+            staged["num_batches_tracked"] = np.zeros((), np.int64)
+        for k, arr in staged.items():
+            getattr(self, k)[...] = arr
+        return missing, unexpected
+
+
+class _BatchNorm(Module):
+    _ndims = (2, 3, 4, 5)
+    _layout = "(N, C, *)"
+    _param_names = ("weight", "bias")
+    _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, bias=True, dtype=np.float32):
+        where = type(self).__name__
+        self.num_features = ck.positive_int(num_features, "num_features", where)
+        self.eps = ck.eps_value(eps, where)
+        self.momentum = ck.momentum_value(momentum, where)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.dtype = ck.float_dtype(dtype, where)
+        C, dt = self.num_features, self.dtype
+        self.weight = np.ones(C, dt) if self.affine else None
+        self.bias = np.zeros(C, dt) if (self.affine and bias) else None
+        if self.track_running_stats:
+            self.running_mean = np.zeros(C, dt)
+            self.running_var = np.ones(C, dt)
+            self.num_batches_tracked = np.zeros((), np.int64)
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+        self.training = True
+        self.weight_grad = None
+        self.bias_grad = None
+        self._saved = None
+        self._saved_training = None
+
+    def reset_running_stats(self):
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def reset_parameters(self):
+        self.reset_running_stats()
+        if self.weight is not None:
+            self.weight[...] = 1
+        if self.bias is not None:
+            self.bias[...] = 0
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def _check_input(self, x, where):
+        x = _bn.check_input(x, where, self._ndims, layout=self._layout)
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{where}: input has dtype {x.dtype} but the layer's dtype is "
+                f"{self.dtype}; convert the input or build the layer with dtype=np.{x.dtype}"
+            )
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{where}: expected input with {self.num_features} channels (dim 1), "
+                f"got {x.shape[1]} channels in input of shape {ck.shape_str(x.shape)}"
+            )
+        return x
+
+    def forward(self, x, out=None):
+        """Normalise x; `out` (optional) receives y and may be x itself."""
+        where = type(self).__name__
+        x = self._check_input(x, where)
+        batch_stats = self.training or self.running_mean is None
+        update = self.training and self.track_running_stats
+        momentum = ck.momentum_value(self.momentum, where)
+        nbt = None
+        if update:
+            nbt = int(self.num_batches_tracked) + 1
+        y, saved = _bn.forward(where, x, self.running_mean, self.running_var,
+                               self.weight, self.bias, batch_stats, update,
+                               momentum, self.eps, out, nbt)
+        if update:
+            self.num_batches_tracked[...] = nbt
+        self._saved = saved
+        self._saved_training = self.training
+        return y
+
+    def backward(self, grad_output, out=None):
+        """Input gradient of the last forward call for grad_output = dL/dy.
+
+        Stores layer.weight_grad and layer.bias_grad (None without them).
+        May be called several times after one forward.  ``out`` optionally
+        receives the input gradient.
+        """
+        where = f"{type(self).__name__}.backward"
+        if self._saved is None:
+            raise RuntimeError(f"{where}: no forward call to take gradients of; call the layer first")
+        if self._saved_training != self.training:
+            was = "training" if self._saved_training else "eval"
+            now = "training" if self.training else "eval"
+            raise RuntimeError(
+                f"{where}: the last forward ran in {was} mode but the layer is now in "
+                f"{now} mode; run forward again in the mode to differentiate"
+            )
+        dx, gw, gb = _bn.backward(where, grad_output, self._saved, self.weight,
+                                  self.weight is not None, self.bias is not None, out)
+        self.weight_grad, self.bias_grad = gw, gb
+        return dx
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation over (N, C) or (N, C, L) input."""
+    _ndims = (2, 3)
+    _layout = "(N, C) or (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation over (N, C, H, W) input."""
+    _ndims = (4,)
+    _layout = "(N, C, H, W)"
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch normalisation over (N, C, D, H, W) input."""
+    _ndims = (5,)
+    _layout = "(N, C, D, H, W)"

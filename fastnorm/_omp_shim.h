@@ -1,0 +1,14 @@
+/* OpenMP shim: the package builds and runs serially when the compiler has no
+ * OpenMP.  Cython's prange degrades to a plain loop in that case; these
+ * stand-ins cover the two runtime calls the kernels make. */
+#ifndef FASTNORM_OMP_SHIM_H
+#define FASTNORM_OMP_SHIM_H
+#ifdef _OPENMP
+#include <omp.h>
+#define FASTNORM_HAVE_OPENMP 1
+#else
+#define FASTNORM_HAVE_OPENMP 0
+static inline int omp_get_max_threads(void) { return 1; }
+static inline int omp_get_thread_num(void) { return 0; }
+#endif
+#endif

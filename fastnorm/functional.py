@@ -1,0 +1,71 @@
+"""Normalisation as plain functions, with torch.nn.functional's signatures.
+
+Each forward function has a ``*_backward`` twin that takes the output gradient
+and the forward's arguments and returns ``(grad_input, grad_weight,
+grad_bias)``, with None for a parameter that was not given.
+"""
+from . import _batch_norm as _bn
+
+__all__ = ["batch_norm", "batch_norm_backward"]
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None,
+               training=False, momentum=0.1, eps=1e-5, *, out=None):
+    """Batch normalisation over dim 1 of input (N, C, *).
+
+    As torch.nn.functional.batch_norm: with training=True the batch's
+    statistics normalise (biased variance) and, when running_mean /
+    running_var are given, are folded into them in place
+    (running = (1 - momentum) * running + momentum * batch, unbiased variance
+    for running_var).  With training=False the running statistics normalise.
+    momentum must be a number in [0, 1] here (the layers implement
+    momentum=None).  ``out`` receives the result and may be ``input`` itself.
+    """
+    where = "batch_norm"
+    x = _bn.check_input(input, where, range(2, 64), layout="(N, C, *)")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(
+            f"{where}: running_mean and running_var must be given when training=False"
+        )
+    momentum = _momentum(momentum, where)
+    y, _ = _bn.forward(where, x, running_mean, running_var, weight, bias,
+                       batch_stats=bool(training), update=bool(training),
+                       momentum=momentum, eps=eps, out=out)
+    return y
+
+
+def batch_norm_backward(grad_output, input, running_mean, running_var,
+                        weight=None, bias=None, training=False, eps=1e-5):
+    """Gradients of batch_norm(input, ...) called with the same arguments.
+
+    Returns (grad_input, grad_weight, grad_bias): grad_weight is None when
+    weight is None, grad_bias is None when bias is None.  With training=True
+    the batch statistics are recomputed from input (one more pass over it;
+    the result is bitwise that of the forward call) and the running
+    statistics are neither used nor changed.
+    """
+    where = "batch_norm_backward"
+    x = _bn.check_input(input, where, range(2, 64), layout="(N, C, *)")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(
+            f"{where}: running_mean and running_var must be given when training=False"
+        )
+    C, dt = x.shape[1], x.dtype
+    eps = _bn.ck.eps_value(eps, where)
+    _bn.ck.param(weight, "weight", C, dt, where)
+    _bn.ck.param(bias, "bias", C, dt, where)
+    rm = _bn.ck.buffer(running_mean, "running_mean", C, dt, where, writable=False)
+    rv = _bn.ck.buffer(running_var, "running_var", C, dt, where, writable=False)
+    batch = bool(training)
+    x3 = _bn.as_ncl(x)
+    if x.size == 0 and not batch:
+        mean, invstd = _bn.np.zeros(C), _bn.np.ones(C)
+    else:
+        mean, _, invstd = _bn.statistics(where, x3, x.shape, rm, rv, batch, eps)
+    saved = _bn.Saved(x3, x.shape, mean, invstd, batch, False)
+    return _bn.backward(where, grad_output, saved, weight,
+                        need_weight=weight is not None, need_bias=bias is not None)
+
+
+def _momentum(momentum, where):
+    return _bn.ck.momentum_value(momentum, where, allow_none=False)

@@ -1,0 +1,82 @@
+"""Build of fastnorm's one extension, fastnorm._kernels.
+
+OpenMP is used when the compiler accepts -fopenmp (checked by compiling and
+linking a small program); otherwise the extension is built serial and a
+warning says so.  Setting FASTNORM_DISABLE_OPENMP=1 forces the serial build.
+The flags target any x86-64 CPU (no -march=native): the same build goes into a
+wheel.  FASTNORM_EXTRA_CFLAGS / FASTNORM_EXTRA_LDFLAGS append flags (used for
+sanitizer builds).
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+OMP_TEST = r"""
+#include <omp.h>
+int main(void) {
+    int n = 0;
+    #pragma omp parallel reduction(+:n)
+    n += 1;
+    return n > 0 ? 0 : 1;
+}
+"""
+
+
+def compiler_has_openmp(compiler):
+    """Compile and link a small OpenMP program with the build's compiler."""
+    tmp = tempfile.mkdtemp(prefix="fastnorm-omp-")
+    try:
+        src = os.path.join(tmp, "omp_test.c")
+        with open(src, "w") as f:
+            f.write(OMP_TEST)
+        objs = compiler.compile([src], output_dir=tmp, extra_postargs=["-fopenmp"])
+        compiler.link_executable(objs, os.path.join(tmp, "omp_test"),
+                                 extra_postargs=["-fopenmp"])
+        return True
+    except Exception:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        use_omp = os.environ.get("FASTNORM_DISABLE_OPENMP", "") in ("", "0")
+        if use_omp and not compiler_has_openmp(self.compiler):
+            use_omp = False
+            warnings.warn(
+                "fastnorm: the compiler has no OpenMP support (-fopenmp failed); "
+                "building a serial extension. Kernels will use one thread.",
+                stacklevel=1,
+            )
+            print("WARNING: fastnorm is built WITHOUT OpenMP", file=sys.stderr)
+        extra_c = os.environ.get("FASTNORM_EXTRA_CFLAGS", "").split()
+        extra_l = os.environ.get("FASTNORM_EXTRA_LDFLAGS", "").split()
+        for ext in self.extensions:
+            ext.extra_compile_args = ["-O3", "-fno-math-errno", "-fno-trapping-math"] + extra_c
+            ext.extra_link_args = list(extra_l)
+            if use_omp:
+                ext.extra_compile_args.append("-fopenmp")
+                ext.extra_link_args.append("-fopenmp")
+        super().build_extensions()
+
+
+def extensions():
+    from Cython.Build import cythonize
+
+    ext = Extension(
+        "fastnorm._kernels",
+        sources=["fastnorm/_kernels.pyx"],
+        depends=["fastnorm/_loops.h", "fastnorm/_omp_shim.h"],
+        include_dirs=["fastnorm"],
+    )
+    return cythonize([ext], compiler_directives={"language_level": 3})
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
