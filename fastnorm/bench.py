@@ -1,0 +1,495 @@
+"""fastnorm-bench: time fastnorm's layers against peer implementations.
+
+Usage: ``fastnorm-bench [options]`` or ``python -m fastnorm.bench [options]``.
+
+Methodology
+-----------
+* Every row (case, mode, thread count) builds one zero-argument callable per
+  implementation: fastnorm itself and each peer (``numpy``: a plain vectorised
+  NumPy version of the same operation, written here, float math in the input
+  dtype, single-threaded; ``torch``: the matching ``torch.nn`` module on
+  ``torch.from_numpy(x)``).  Each callable's result is checked against
+  fastnorm's once (a mismatch is reported on stderr, not fatal).
+* Each callable is warmed up a few times; the warm-up also sizes a batch of
+  calls lasting about a tenth of ``--min-time``.  One *sample* runs batches
+  until at least ``--min-time`` seconds have passed; its per-call time is
+  elapsed / calls.  The garbage collector is off while sampling.
+* Samples are interleaved: sample 1 of fastnorm, sample 1 of each peer,
+  sample 2 of fastnorm, ... so that drift of the machine (clock, other load)
+  hits every implementation alike.  A row reports the median of ``--repeat``
+  samples; ``--json`` keeps every sample.
+* Forward calls are timed as a user writes them, ``layer(x)``, which allocates
+  its output; mode ``eval-out`` times ``layer(x, out=y)`` into a preallocated
+  array (peers that cannot write into ``out`` show "-").  ``backward`` times
+  ``layer.backward(g)`` after one training forward (torch: ``autograd.grad``
+  on a retained graph).
+* Threads: OpenMP threads for fastnorm via threadpoolctl, and
+  ``torch.set_num_threads`` for torch, both set to the row's count.
+* GB/s is fastnorm's effective bandwidth under a byte model counting passes
+  over x (S = x.nbytes): eval forward 2S (read x, write y), train forward 3S
+  (read x for the statistics, read it again to normalise, write y), backward
+  5S (read x and dy for the sums, read x and dy again and write dx).
+"""
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from functools import partial
+
+import numpy as np
+import threadpoolctl
+
+import fastnorm
+from fastnorm import _kernels
+
+PEERS = ("numpy", "torch")
+BYTES_PER_S = {"train": 3, "eval": 2, "eval-out": 2, "backward": 5}
+BYTE_MODEL = ("byte model for GB/s (S = x.nbytes): eval/eval-out forward 2S (read x, "
+              "write y); train forward 3S (stats read + normalise read + write); "
+              "backward 5S (x and dy read twice, dx written)")
+WARMUP = 3
+
+
+# --------------------------------------------------------------------------
+# Cases: one entry of LAYERS per layer; each builds its callables
+# --------------------------------------------------------------------------
+
+class BatchNormBench:
+    """Benchmarks of fastnorm.<title> (batch statistics over all dims but 1)."""
+
+    modes = ("train", "eval", "eval-out", "backward")
+
+    def __init__(self, title, rank, defaults):
+        self.title, self.rank = title, rank
+        self.defaults = defaults            # ((shape, modes), ...)
+
+    def accepts(self, shape):
+        return len(shape) == self.rank
+
+    def setup(self, shape, dtype, rng):
+        """Inputs and per-channel state shared by all implementations."""
+        C = shape[1]
+        s = {"x": rng.standard_normal(shape, dtype=dtype),
+             "g": rng.standard_normal(shape, dtype=dtype),
+             "w": (1 + 0.1 * rng.standard_normal(C)).astype(dtype),
+             "b": (0.1 * rng.standard_normal(C)).astype(dtype),
+             "rm": (0.1 * rng.standard_normal(C)).astype(dtype),
+             "rv": rng.uniform(0.5, 1.5, C).astype(dtype),
+             "eps": 1e-5, "momentum": 0.1}
+        return s
+
+    def _bcast(self, v):
+        return v.reshape((1, -1) + (1,) * (self.rank - 2))
+
+    def build(self, impl, mode, s):
+        """A zero-argument callable running `mode` with `impl`, or None."""
+        return getattr(self, "_" + impl)(mode, s)
+
+    def _fastnorm(self, mode, s):
+        x = s["x"]
+        layer = getattr(fastnorm, self.title)(x.shape[1], eps=s["eps"],
+                                              momentum=s["momentum"], dtype=x.dtype)
+        layer.weight[...], layer.bias[...] = s["w"], s["b"]
+        layer.running_mean[...], layer.running_var[...] = s["rm"], s["rv"]
+        if mode == "backward":
+            layer.train()
+            layer(x)
+            return partial(layer.backward, s["g"])
+        layer.train(mode == "train")
+        if mode == "eval-out":
+            return partial(layer, x, out=np.empty_like(x))
+        return partial(layer, x)
+
+    def _numpy(self, mode, s):
+        x, w, b, eps, m = s["x"], s["w"], s["b"], s["eps"], s["momentum"]
+        axes = tuple(i for i in range(x.ndim) if i != 1)
+        n = x.size // x.shape[1]
+        bc = self._bcast
+        if mode == "train":
+            rm, rv = s["rm"].copy(), s["rv"].copy()
+
+            def train():
+                mean = x.mean(axis=axes)
+                var = x.var(axis=axes)
+                scale = w / np.sqrt(var + eps)
+                y = x * bc(scale) + bc(b - mean * scale)
+                rm[...] = (1 - m) * rm + m * mean
+                rv[...] = (1 - m) * rv + m * var * (n / max(n - 1, 1))
+                return y
+            return train
+        if mode in ("eval", "eval-out"):
+            out = np.empty_like(x) if mode == "eval-out" else None
+            rm, rv = s["rm"], s["rv"]
+
+            def evaluate():
+                scale = w / np.sqrt(rv + eps)
+                shift = b - rm * scale
+                if out is None:
+                    return x * bc(scale) + bc(shift)
+                np.multiply(x, bc(scale), out=out)
+                return np.add(out, bc(shift), out=out)
+            return evaluate
+        g = s["g"]
+        mean = bc(x.mean(axis=axes))                  # saved by the forward
+        invstd = 1 / np.sqrt(bc(x.var(axis=axes)) + eps)
+
+        def backward():
+            xhat = (x - mean) * invstd
+            gb = g.sum(axis=axes, keepdims=True)
+            gw = (g * xhat).sum(axis=axes, keepdims=True)
+            dx = (bc(w) * invstd / n) * (n * g - gb - xhat * gw)
+            return dx, gw.ravel(), gb.ravel()
+        return backward
+
+    def _torch(self, mode, s):
+        import torch
+        if mode == "eval-out":
+            return None                     # torch.nn modules have no out=
+        x = torch.from_numpy(s["x"])
+        layer = getattr(torch.nn, self.title)(x.shape[1], eps=s["eps"],
+                                              momentum=s["momentum"], dtype=x.dtype)
+        with torch.no_grad():
+            for p, k in ((layer.weight, "w"), (layer.bias, "b"),
+                         (layer.running_mean, "rm"), (layer.running_var, "rv")):
+                p.copy_(torch.from_numpy(s[k]))
+        layer.train(mode != "eval")
+        if mode == "backward":
+            x.requires_grad_(True)
+            y = layer(x)
+            return partial(torch.autograd.grad, y, x, torch.from_numpy(s["g"]),
+                           retain_graph=True)
+
+        def forward():
+            with torch.no_grad():
+                return layer(x)
+        return forward
+
+
+LAYERS = {
+    "batchnorm2d": BatchNormBench("BatchNorm2d", 4, (
+        ((32, 64, 56, 56), ("train", "eval", "eval-out", "backward")),
+        ((1, 64, 112, 112), ("eval", "eval-out")),
+        ((1, 16, 8, 8), ("eval", "eval-out")),          # per-call overhead
+    )),
+}
+
+
+# --------------------------------------------------------------------------
+# Environment
+# --------------------------------------------------------------------------
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _openmp_libs():
+    keys = ("internal_api", "prefix", "filepath", "version", "num_threads")
+    return [{k: i.get(k) for k in keys}
+            for i in threadpoolctl.threadpool_info() if i.get("user_api") == "openmp"]
+
+
+def _import_torch():
+    try:
+        import torch
+        return torch
+    except ImportError:
+        return None
+
+
+def environment(peers):
+    """Versions, CPU and threading facts; imports torch only if compared."""
+    openmp = _openmp_libs()      # before torch: these are the ones fastnorm loaded
+    torch = _import_torch() if "torch" in peers else None
+    seen = {lib["filepath"] for lib in openmp}
+    env = {
+        "fastnorm": fastnorm.__version__,
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "fastnorm_openmp_build": bool(_kernels.openmp_enabled()),
+        "fastnorm_max_threads": int(_kernels.max_threads()),
+        "openmp": openmp,
+        "openmp_other": [lib for lib in _openmp_libs() if lib["filepath"] not in seen],
+        "torch_threads": torch.get_num_threads() if torch else None,
+    }
+    return env, torch
+
+
+def print_header(env, args, peers, out):
+    def line(k, v):
+        print(f"  {k:<10} {v}", file=out)
+    print("fastnorm-bench", file=out)
+    omp = "yes" if env["fastnorm_openmp_build"] else "NO (serial build)"
+    line("fastnorm", f"{env['fastnorm']} (built with OpenMP: {omp}; "
+                     f"max threads {env['fastnorm_max_threads']})")
+    line("numpy", env["numpy"])
+    line("torch", env["torch"] or "not installed")
+    line("python", f"{env['python']} ({env['platform']})")
+    line("cpu", f"{env['cpu']}; {env['logical_cores']} logical cores")
+    for lib in env["openmp"] or [None]:
+        line("openmp", "none loaded" if lib is None else
+             f"{lib['internal_api']} ({lib['prefix']}) {lib['filepath']}, "
+             f"version {lib['version'] or 'n/a'}")
+    for lib in env["openmp_other"]:
+        line("openmp+", f"also loaded by torch: {lib['prefix']} {lib['filepath']}")
+    skipped = [f"{p} (not installed)" for p in args.compare if p not in peers]
+    line("compare", ", ".join(list(peers) + skipped) or "none")
+    line("settings", f"dtype {args.dtype}, threads {','.join(map(str, args.threads))}, "
+                     f"repeat {args.repeat}, min-time {args.min_time:g} s")
+    print(file=out)
+
+
+# --------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------
+
+def calibrate(fn, min_time):
+    """Warm fn up; return the calls per batch (a batch lasts ~min_time / 10)."""
+    best = float("inf")
+    for _ in range(WARMUP):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return max(1, int(min_time / 10 / max(best, 1e-9)))
+
+
+def sample(fn, batch, min_time):
+    """One sample: run batches until min_time has passed; (s per call, calls)."""
+    calls = 0
+    t0 = time.perf_counter()
+    while True:
+        for _ in range(batch):
+            fn()
+        calls += batch
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time:
+            return elapsed / calls, calls
+
+
+def measure(fns, repeat, min_time):
+    """Interleaved samples of each callable in `fns` (dict name -> fn)."""
+    batches = {k: calibrate(f, min_time) for k, f in fns.items()}
+    res = {k: {"samples_s": [], "calls": []} for k in fns}
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            for k, f in fns.items():
+                t, calls = sample(f, batches[k], min_time)
+                res[k]["samples_s"].append(t)
+                res[k]["calls"].append(calls)
+    finally:
+        if gc_was:
+            gc.enable()
+    for r in res.values():
+        r["median_s"] = float(np.median(r["samples_s"]))
+    return res
+
+
+def _result_array(r):
+    r = r[0] if isinstance(r, tuple) else r
+    return r.detach().numpy() if hasattr(r, "detach") else np.asarray(r)
+
+
+def check_agreement(fns, dtype):
+    """Max abs difference of each peer's result from fastnorm's (one call each)."""
+    ref = _result_array(fns["fastnorm"]())
+    tol = 1e-3 if dtype == np.float32 else 1e-9
+    diffs = {}
+    for k, f in fns.items():
+        if k != "fastnorm":
+            got = _result_array(f())
+            diffs[k] = float(np.max(np.abs(got - ref)))
+            if not np.allclose(got, ref, rtol=tol, atol=tol):
+                print(f"warning: {k} differs from fastnorm (max abs diff "
+                      f"{diffs[k]:.3g})", file=sys.stderr)
+    return diffs
+
+
+# --------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------
+
+def _csv(s):
+    return list(dict.fromkeys(p.strip().lower() for p in s.split(",") if p.strip()))
+
+
+def _shape(s):
+    try:
+        dims = tuple(int(d) for d in s.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"bad shape {s!r}: expected e.g. 32x64x56x56")
+    return dims
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="fastnorm-bench",
+        description="Time fastnorm layers against NumPy and PyTorch peers "
+                    "(interleaved samples, medians).",
+        epilog=BYTE_MODEL + ". Speed-up vs PEER = PEER median / fastnorm median "
+               "(>1: fastnorm is faster).")
+    p.add_argument("--layers", type=_csv, default=list(LAYERS),
+                   help=f"comma list of layers (known: {', '.join(LAYERS)}; default all)")
+    p.add_argument("--shapes", type=lambda s: [_shape(x) for x in _csv(s)],
+                   help="comma list of shapes like 32x64x56x56; replaces the "
+                        "layers' default shapes")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--threads", type=_csv,
+                   help="comma list of thread counts (default: OpenMP max threads, "
+                        f"here {_kernels.max_threads()})")
+    p.add_argument("--modes", type=_csv,
+                   help="comma list of train, eval, backward (eval also times "
+                        "eval-out, which may be named alone); default: all the case defines")
+    p.add_argument("--compare", type=_csv, default=list(PEERS),
+                   help="comma list of peers from numpy, torch (default: both); "
+                        "a peer not installed is skipped")
+    p.add_argument("--repeat", type=int, default=15, help="samples per row (default 15)")
+    p.add_argument("--min-time", type=float, default=0.01,
+                   help="seconds a sample loops the call for at least (default 0.01)")
+    p.add_argument("--json", metavar="FILE", help="write raw samples and environment")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    a = p.parse_args(argv)
+    for name, known in (("layers", LAYERS), ("compare", PEERS),
+                        ("modes", ("train", "eval", "eval-out", "backward"))):
+        bad = [v for v in (getattr(a, name) or []) if v not in known]
+        if bad:
+            p.error(f"--{name}: unknown {', '.join(bad)} (choose from {', '.join(known)})")
+    try:
+        a.threads = [int(t) for t in a.threads] if a.threads else [_kernels.max_threads()]
+    except ValueError:
+        p.error("--threads: expected a comma list of integers")
+    if min(a.threads) < 1 or a.repeat < 1 or a.min_time < 0:
+        p.error("--threads and --repeat must be >= 1, --min-time >= 0")
+    if a.modes and "eval" in a.modes:
+        a.modes.append("eval-out")
+    a.cases = plan(a, p)
+    return a
+
+
+def plan(a, p):
+    """[(spec, shape, modes)] selected by --layers, --shapes and --modes."""
+    cases = []
+    for name in a.layers:
+        spec = LAYERS[name]
+        if a.shapes:
+            chosen = [(s, spec.modes) for s in a.shapes if spec.accepts(s)]
+        else:
+            chosen = spec.defaults
+        for shape, modes in chosen:
+            modes = [m for m in modes if not a.modes or m in a.modes]
+            if modes:
+                cases.append((spec, shape, modes))
+    for s in a.shapes or []:
+        if not any(LAYERS[n].accepts(s) for n in a.layers):
+            p.error(f"--shapes: {'x'.join(map(str, s))} fits none of the layers "
+                    f"(BatchNorm2d takes N x C x H x W)")
+    if not cases:
+        p.error("nothing to run for these --layers / --shapes / --modes")
+    return cases
+
+
+def _ms(t):
+    ms = t * 1e3
+    return f"{ms:.1f}" if ms >= 100 else f"{ms:.2f}" if ms >= 10 else \
+        f"{ms:.3f}" if ms >= 1 else f"{ms:.4f}"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    env, torch = environment(args.compare)
+    peers = [p for p in args.compare if p != "torch" or torch is not None]
+    out = sys.stdout
+    print_header(env, args, peers, out)
+    if not env["fastnorm_openmp_build"] and max(args.threads) > 1:
+        print("note: fastnorm was built without OpenMP; its rows run on one thread\n",
+              file=out)
+
+    dtype = np.dtype(args.dtype)
+    rows = [(spec, shape, mode, t) for spec, shape, modes in args.cases
+            for mode in modes for t in args.threads]
+    label = lambda spec, shape: f"{spec.title} {'x'.join(map(str, shape))}"  # noqa: E731
+    cols = [("case", max(len(label(r[0], r[1])) for r in rows)), ("mode", 8), ("thr", 3),
+            ("fastnorm ms", 11), ("GB/s", 6)]
+    for peer in peers:
+        cols += [(f"{peer} ms", max(9, len(peer) + 3)), (f"vs {peer}", max(8, len(peer) + 3))]
+    fmt = lambda vals: "  ".join(  # noqa: E731
+        (v.ljust(w) if i < 2 else v.rjust(w)) for i, (v, (_, w)) in enumerate(zip(vals, cols)))
+    print(fmt([c for c, _ in cols]), file=out)
+    print("-" * len(fmt([c for c, _ in cols])), file=out, flush=True)
+
+    progress = sys.stderr.isatty() and not args.quiet
+    torch_threads = torch.get_num_threads() if torch else None
+    rng = np.random.default_rng(0)
+    records, inputs = [], {}
+    try:
+        for i, (spec, shape, mode, nthreads) in enumerate(rows, 1):
+            name = label(spec, shape)
+            if progress:
+                sys.stderr.write(f"\r\033[K[{i}/{len(rows)}] {name} {mode} t={nthreads} ...")
+                sys.stderr.flush()
+            key = (id(spec), shape)
+            if key not in inputs:
+                inputs = {key: spec.setup(shape, dtype, rng)}   # keep one case alive
+            s = inputs[key]
+            with threadpoolctl.threadpool_limits(limits=nthreads, user_api="openmp"):
+                if torch is not None:
+                    torch.set_num_threads(nthreads)
+                fns = {"fastnorm": spec.build("fastnorm", mode, s)}
+                for peer in peers:
+                    fn = spec.build(peer, mode, s)
+                    if fn is not None:
+                        fns[peer] = fn
+                diffs = check_agreement(fns, dtype)
+                res = measure(fns, args.repeat, args.min_time)
+            del fns
+            if progress:
+                sys.stderr.write("\r\033[K")
+            fn_med = res["fastnorm"]["median_s"]
+            nbytes = BYTES_PER_S[mode] * s["x"].nbytes
+            vals = [name, mode, str(nthreads), _ms(fn_med), f"{nbytes / fn_med / 1e9:.1f}"]
+            for peer in peers:
+                if peer in res:
+                    vals += [_ms(res[peer]["median_s"]),
+                             f"{res[peer]['median_s'] / fn_med:.2f}x"]
+                else:
+                    vals += ["-", "-"]
+            print(fmt(vals), file=out, flush=True)
+            records.append({"layer": spec.title, "shape": list(shape), "dtype": dtype.name,
+                            "mode": mode, "threads": nthreads, "bytes_moved": nbytes,
+                            "results": res, "max_abs_diff_vs_fastnorm": diffs})
+    finally:
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
+    print(f"\nmedians of {args.repeat} interleaved samples; vs PEER = PEER median / "
+          f"fastnorm median (>1: fastnorm faster); GB/s: {BYTE_MODEL.split(': ', 1)[1]}",
+          file=out)
+
+    if args.json:
+        settings = {k: getattr(args, k) for k in
+                    ("layers", "dtype", "threads", "modes", "compare", "repeat", "min_time")}
+        settings["peers_run"] = peers
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "settings": settings, "rows": records},
+                      f, indent=1)
+        print(f"wrote {args.json}", file=out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

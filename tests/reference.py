@@ -1,0 +1,65 @@
+"""Slow, independent float64 NumPy twins of fastnorm's operations.
+
+Written from the textbook definitions, sharing no code with fastnorm: the
+tests compare fastnorm against these.
+"""
+import numpy as np
+
+
+def _axes(x):
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def _bcast(v, ndim):
+    return np.asarray(v, np.float64).reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
+               training=False, momentum=0.1, eps=1e-5, num_batches_tracked=None):
+    """Returns (y, new_running_mean, new_running_var, mean, var) in float64.
+
+    momentum=None: cumulative average, factor 1 / num_batches_tracked (the
+    count after this batch).
+    """
+    x = np.asarray(x, np.float64)
+    new_rm = None if running_mean is None else np.array(running_mean, np.float64)
+    new_rv = None if running_var is None else np.array(running_var, np.float64)
+    if training:
+        mean = x.mean(axis=_axes(x))
+        var = ((x - _bcast(mean, x.ndim)) ** 2).mean(axis=_axes(x))
+        n = x.size // x.shape[1]
+        if new_rm is not None:
+            f = momentum if momentum is not None else 1.0 / num_batches_tracked
+            new_rm = (1 - f) * new_rm + f * mean
+            new_rv = (1 - f) * new_rv + f * var * n / (n - 1)
+    else:
+        mean = np.asarray(running_mean, np.float64)
+        var = np.asarray(running_var, np.float64)
+    y = (x - _bcast(mean, x.ndim)) / np.sqrt(_bcast(var, x.ndim) + eps)
+    if weight is not None:
+        y = y * _bcast(weight, x.ndim)
+    if bias is not None:
+        y = y + _bcast(bias, x.ndim)
+    return y, new_rm, new_rv, mean, var
+
+
+def batch_norm_backward(dy, x, mean, var, weight=None, training=True, eps=1e-5):
+    """(dx, dweight, dbias) of sum(dy * batch_norm(x)) in float64.
+
+    training=True: mean and var are the batch's own statistics (they depend
+    on x); training=False: they are constants (running statistics).
+    """
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    ax = _axes(x)
+    m = x.size // x.shape[1]
+    invstd = 1.0 / np.sqrt(_bcast(var, x.ndim) + eps)
+    xhat = (x - _bcast(mean, x.ndim)) * invstd
+    w = _bcast(weight, x.ndim) if weight is not None else 1.0
+    dxhat = dy * w
+    if training:
+        dx = invstd / m * (m * dxhat - dxhat.sum(axis=ax, keepdims=True)
+                           - xhat * (dxhat * xhat).sum(axis=ax, keepdims=True))
+    else:
+        dx = dxhat * invstd
+    return dx, (dy * xhat).sum(axis=ax), dy.sum(axis=ax)

@@ -1,0 +1,289 @@
+"""BatchNorm1d/2d/3d and functional.batch_norm against the float64 reference."""
+import numpy as np
+import pytest
+
+import fastnorm
+import fastnorm.functional as F
+import reference as ref
+
+LAYERS = {2: fastnorm.BatchNorm1d, 3: fastnorm.BatchNorm1d, 4: fastnorm.BatchNorm2d,
+          5: fastnorm.BatchNorm3d}
+SHAPES = [(7, 3), (4, 5, 9), (3, 4, 5, 6), (2, 3, 4, 5, 3), (2, 2, 70, 70), (3, 2, 4097)]
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-11, atol=1e-11)}
+
+
+def _layer(shape, dtype, **kw):
+    return LAYERS[len(shape)](shape[1], dtype=dtype, **kw)
+
+
+def _params(layer, rng):
+    C = layer.num_features
+    if layer.weight is not None:
+        layer.weight[...] = rng.uniform(0.5, 2.0, C)
+    if layer.bias is not None:
+        layer.bias[...] = rng.normal(size=C)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("affine", [True, False])
+def test_training_forward_matches_reference(shape, dtype, affine, rng):
+    x = (rng.normal(size=shape) * 3 + 1).astype(dtype)
+    layer = _layer(shape, dtype, affine=affine)
+    _params(layer, rng)
+    rm0, rv0 = layer.running_mean.copy(), layer.running_var.copy()
+    y = layer(x)
+    ey, erm, erv, _, _ = ref.batch_norm(x, rm0, rv0, layer.weight, layer.bias, training=True)
+    assert y.dtype == dtype and y.shape == shape
+    np.testing.assert_allclose(y, ey, **TOL[dtype])
+    np.testing.assert_allclose(layer.running_mean, erm, **TOL[dtype])
+    np.testing.assert_allclose(layer.running_var, erv, **TOL[dtype])
+    assert int(layer.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_eval_forward_uses_running_stats(shape, dtype, rng):
+    x = rng.normal(size=shape).astype(dtype)
+    layer = _layer(shape, dtype).eval()
+    _params(layer, rng)
+    layer.running_mean[...] = rng.normal(size=shape[1])
+    layer.running_var[...] = rng.uniform(0.5, 3, size=shape[1])
+    rm0, rv0 = layer.running_mean.copy(), layer.running_var.copy()
+    y = layer(x)
+    ey = ref.batch_norm(x, rm0, rv0, layer.weight, layer.bias, training=False)[0]
+    np.testing.assert_allclose(y, ey, **TOL[dtype])
+    assert np.array_equal(layer.running_mean, rm0) and np.array_equal(layer.running_var, rv0)
+    assert int(layer.num_batches_tracked) == 0
+
+
+def test_bias_false_and_no_tracking(rng):
+    x = rng.normal(size=(4, 3, 5)).astype(np.float32)
+    layer = fastnorm.BatchNorm1d(3, bias=False, track_running_stats=False)
+    assert layer.bias is None and layer.running_mean is None
+    assert layer.num_batches_tracked is None
+    _params(layer, rng)
+    ey = ref.batch_norm(x, weight=layer.weight, training=True)[0]
+    np.testing.assert_allclose(layer(x), ey, **TOL[np.float32])
+    # eval without running statistics normalises with the batch's own
+    np.testing.assert_allclose(layer.eval()(x), ey, **TOL[np.float32])
+    layer.backward(np.ones_like(x))
+    assert layer.bias_grad is None and layer.weight_grad is not None
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.0, 1.0, 0.37, None])
+def test_running_stats_over_steps(momentum, rng):
+    layer = fastnorm.BatchNorm2d(4, momentum=momentum, dtype=np.float64)
+    rm, rv = np.zeros(4), np.ones(4)
+    for step in range(1, 6):
+        x = rng.normal(loc=step, scale=step, size=(3, 4, 5, 2))
+        layer(x)
+        _, rm, rv, _, _ = ref.batch_norm(x, rm, rv, training=True, momentum=momentum,
+                                         num_batches_tracked=step)
+        assert int(layer.num_batches_tracked) == step
+        np.testing.assert_allclose(layer.running_mean, rm, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(layer.running_var, rv, rtol=1e-12, atol=1e-12)
+    if momentum is None:
+        # cumulative average: exactly the mean of the batch statistics
+        assert layer.running_mean.std() > 0
+
+
+def test_momentum_none_is_cumulative_average(rng):
+    layer = fastnorm.BatchNorm1d(3, momentum=None, dtype=np.float64)
+    means, uvars = [], []
+    for _ in range(4):
+        x = rng.normal(size=(6, 3)) * rng.uniform(1, 5) + rng.normal()
+        layer(x)
+        means.append(x.mean(0))
+        uvars.append(x.var(0, ddof=1))
+    np.testing.assert_allclose(layer.running_mean, np.mean(means, 0), rtol=1e-12)
+    np.testing.assert_allclose(layer.running_var, np.mean(uvars, 0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_functional_matches_reference_and_updates_in_place(dtype, rng):
+    x = rng.normal(size=(5, 3, 7)).astype(dtype)
+    rm = rng.normal(size=3).astype(dtype)
+    rv = rng.uniform(1, 2, 3).astype(dtype)
+    w = rng.uniform(0.5, 2, 3).astype(dtype)
+    b = rng.normal(size=3).astype(dtype)
+    ey, erm, erv, _, _ = ref.batch_norm(x, rm, rv, w, b, training=True, momentum=0.2)
+    rm_id = rm
+    y = F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.2)
+    np.testing.assert_allclose(y, ey, **TOL[dtype])
+    assert rm is rm_id
+    np.testing.assert_allclose(rm, erm, **TOL[dtype])
+    np.testing.assert_allclose(rv, erv, **TOL[dtype])
+    # eval: running statistics, unchanged
+    before = rm.copy()
+    ey = ref.batch_norm(x, rm, rv, w, b, training=False)[0]
+    np.testing.assert_allclose(F.batch_norm(x, rm, rv, w, b), ey, **TOL[dtype])
+    assert np.array_equal(rm, before)
+    # training without running statistics
+    ey = ref.batch_norm(x, None, None, w, b, training=True)[0]
+    np.testing.assert_allclose(F.batch_norm(x, None, None, w, b, training=True), ey,
+                               **TOL[dtype])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_functional_backward_matches_reference(training, rng):
+    x = rng.normal(size=(4, 3, 6))
+    dy = rng.normal(size=x.shape)
+    rm, rv = rng.normal(size=3), rng.uniform(1, 2, 3)
+    w = rng.uniform(0.5, 2, 3)
+    dx, dw, db = F.batch_norm_backward(dy, x, rm, rv, w, np.zeros(3), training=training)
+    if training:
+        mean, var = x.mean((0, 2)), x.var((0, 2))
+    else:
+        mean, var = rm, rv
+    edx, edw, edb = ref.batch_norm_backward(dy, x, mean, var, w, training=training)
+    np.testing.assert_allclose(dx, edx, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(dw, edw, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(db, edb, rtol=1e-11, atol=1e-12)
+    assert F.batch_norm_backward(dy, x, rm, rv, training=training)[1:] == (None, None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("training", [True, False])
+def test_layer_backward_matches_reference(shape, dtype, training, rng):
+    x = (rng.normal(size=shape) * 2 - 1).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    layer = _layer(shape, dtype)
+    _params(layer, rng)
+    layer.running_mean[...] = rng.normal(size=shape[1])
+    layer.running_var[...] = rng.uniform(0.5, 2, shape[1])
+    rm0, rv0 = layer.running_mean.copy(), layer.running_var.copy()
+    layer.train(training)
+    layer(x)
+    dx = layer.backward(dy)
+    if training:
+        _, _, _, mean, var = ref.batch_norm(x, training=True)
+    else:
+        mean, var = rm0, rv0
+    edx, edw, edb = ref.batch_norm_backward(dy, x, mean, var, layer.weight, training)
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, edx, **tol)
+    np.testing.assert_allclose(layer.weight_grad, edw, rtol=tol["rtol"],
+                               atol=tol["atol"] * x.size / shape[1])
+    np.testing.assert_allclose(layer.bias_grad, edb, rtol=tol["rtol"],
+                               atol=tol["atol"] * x.size / shape[1])
+    assert dx.dtype == dtype and layer.weight_grad.dtype == dtype
+
+
+def test_backward_can_be_repeated_after_one_forward(rng):
+    x = rng.normal(size=(4, 3, 8))
+    layer = fastnorm.BatchNorm1d(3, dtype=np.float64)
+    _params(layer, rng)
+    layer(x)
+    g1, g2 = rng.normal(size=x.shape), rng.normal(size=x.shape)
+    d1 = layer.backward(g1)
+    w1 = layer.weight_grad.copy()
+    d2 = layer.backward(g2)
+    fresh = fastnorm.BatchNorm1d(3, dtype=np.float64)
+    fresh.load_state_dict(layer.state_dict())
+    fresh.weight[...] = layer.weight
+    fresh(x)
+    np.testing.assert_array_equal(fresh.backward(g2), d2)
+    np.testing.assert_array_equal(layer.backward(g1), d1)
+    np.testing.assert_array_equal(layer.weight_grad, w1)
+
+
+def test_out_and_in_place(rng):
+    x = rng.normal(size=(4, 3, 5, 5)).astype(np.float32)
+    layer = fastnorm.BatchNorm2d(3).eval()
+    layer.running_mean[...] = [1, 2, 3]
+    expect = layer(x)
+    out = np.empty_like(x)
+    assert layer(x, out=out) is out
+    np.testing.assert_array_equal(out, expect)
+    xc = x.copy()
+    assert layer(xc, out=xc) is xc
+    np.testing.assert_array_equal(xc, expect)
+    # training in place: same values as out-of-place
+    t1, t2 = fastnorm.BatchNorm2d(3), fastnorm.BatchNorm2d(3)
+    xc = x.copy()
+    np.testing.assert_array_equal(t1(xc, out=xc), t2(x))
+    np.testing.assert_array_equal(t1.running_var, t2.running_var)
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: a.transpose(0, 1, 3, 2),
+    lambda a: a[:, :, ::2, 1:],
+    lambda a: a[::-1, :, ::-1],
+    lambda a: np.asfortranarray(a),
+    lambda a: a.astype(a.dtype.newbyteorder(">")),
+], ids=["transposed", "sliced", "negative-stride", "fortran", "byteswapped"])
+@pytest.mark.parametrize("training", [True, False])
+def test_non_contiguous_input_equals_contiguous_copy(make, training, rng):
+    base = rng.normal(size=(3, 4, 6, 8)).astype(np.float32)
+    x = make(base)
+    snapshot = x.copy()
+    l1, l2 = fastnorm.BatchNorm2d(4).train(training), fastnorm.BatchNorm2d(4).train(training)
+    y = l1(x)
+    xc = np.ascontiguousarray(x).astype(np.float32)
+    np.testing.assert_array_equal(y, l2(xc))
+    np.testing.assert_array_equal(l1.running_mean, l2.running_mean)
+    g = rng.normal(size=x.shape).astype(np.float32)
+    np.testing.assert_array_equal(l1.backward(g[..., ::1]), l2.backward(g))
+    np.testing.assert_array_equal(x, snapshot)
+
+
+def test_input_is_never_modified(rng):
+    x = rng.normal(size=(4, 3, 9)).astype(np.float32)
+    keep = x.copy()
+    layer = fastnorm.BatchNorm1d(3)
+    layer(x)
+    layer.backward(np.ones_like(x))
+    layer.eval()(x)
+    F.batch_norm(x, None, None, training=True)
+    np.testing.assert_array_equal(x, keep)
+
+
+def test_large_offset_float32_is_accurate(rng):
+    """1e4 + N(0, 1) in float32: y must match the float64 result of the
+    same float32 data to float32 precision (a fused x*s + t would lose ~1e-3)."""
+    x = (1e4 + rng.normal(size=(16, 4, 32, 32))).astype(np.float32)
+    y = fastnorm.BatchNorm2d(4)(x)
+    ey = ref.batch_norm(x, training=True)[0]
+    err = np.abs(y - ey).max()
+    assert err < 5e-6, err
+
+
+def test_empty_batch_eval_returns_empty_train_raises():
+    layer = fastnorm.BatchNorm2d(3).eval()
+    y = layer(np.zeros((0, 3, 4, 4), np.float32))
+    assert y.shape == (0, 3, 4, 4)
+    layer.train()
+    with pytest.raises(ValueError, match="empty input"):
+        layer(np.zeros((0, 3, 4, 4), np.float32))
+    assert int(layer.num_batches_tracked) == 0
+
+
+def test_nan_propagates_to_its_channel_only(rng):
+    x = rng.normal(size=(4, 3, 5)).astype(np.float32)
+    x[1, 1, 2] = np.nan
+    layer = fastnorm.BatchNorm1d(3)
+    y = layer(x)
+    assert np.isnan(y[:, 1]).all()
+    assert np.isfinite(y[:, [0, 2]]).all()
+    assert np.isnan(layer.running_mean[1]) and np.isfinite(layer.running_mean[[0, 2]]).all()
+
+
+def test_repr_and_train_eval_return_layer():
+    layer = fastnorm.BatchNorm3d(5, eps=1e-3, momentum=None, affine=False)
+    assert repr(layer) == ("BatchNorm3d(5, eps=0.001, momentum=None, affine=False, "
+                           "bias=False, track_running_stats=True)")
+    assert layer.eval() is layer and layer.training is False
+    assert layer.train() is layer and layer.training is True
+
+
+def test_reset_parameters_and_running_stats(rng):
+    layer = fastnorm.BatchNorm1d(3)
+    layer(rng.normal(size=(5, 3)).astype(np.float32))
+    layer.weight[...] = 3
+    layer.reset_running_stats()
+    assert (layer.running_mean == 0).all() and (layer.running_var == 1).all()
+    assert int(layer.num_batches_tracked) == 0 and (layer.weight == 3).all()
+    layer.reset_parameters()
+    assert (layer.weight == 1).all() and (layer.bias == 0).all()

@@ -1,0 +1,68 @@
+"""Backward checked by central finite differences in float64."""
+import numpy as np
+import pytest
+
+import fastnorm
+import fastnorm.functional as F
+
+
+def _fd(f, a, h=1e-6):
+    g = np.zeros_like(a)
+    it = np.nditer(a, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = a[i]
+        a[i] = old + h
+        fp = f()
+        a[i] = old - h
+        fm = f()
+        a[i] = old
+        g[i] = (fp - fm) / (2 * h)
+    return g
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 4), (2, 3, 2, 3), (2, 2, 2, 1, 3)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_gradients_by_finite_differences(shape, training, affine, rng):
+    layer = {2: fastnorm.BatchNorm1d, 3: fastnorm.BatchNorm1d, 4: fastnorm.BatchNorm2d,
+             5: fastnorm.BatchNorm3d}[len(shape)](shape[1], affine=affine, dtype=np.float64)
+    C = shape[1]
+    layer.running_mean[...] = rng.normal(size=C)
+    layer.running_var[...] = rng.uniform(0.5, 2, C)
+    if affine:
+        layer.weight[...] = rng.uniform(0.5, 2, C)
+        layer.bias[...] = rng.normal(size=C)
+    x = rng.normal(size=shape) * 2 + 0.5
+    g = rng.normal(size=shape)
+    layer.train(training)
+    rm, rv = layer.running_mean.copy(), layer.running_var.copy()
+
+    def loss():
+        layer.running_mean[...] = rm  # keep eval statistics fixed across probes
+        layer.running_var[...] = rv
+        return float((layer(x) * g).sum())
+
+    loss()
+    dx = layer.backward(g)
+    gw, gb = layer.weight_grad, layer.bias_grad
+    np.testing.assert_allclose(dx, _fd(loss, x), rtol=1e-5, atol=1e-7)
+    if affine:
+        np.testing.assert_allclose(gw, _fd(loss, layer.weight), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(gb, _fd(loss, layer.bias), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_functional_gradients_by_finite_differences(training, rng):
+    x = rng.normal(size=(3, 2, 5))
+    g = rng.normal(size=x.shape)
+    rm, rv = rng.normal(size=2), rng.uniform(0.5, 2, 2)
+    w, b = rng.uniform(0.5, 2, 2), rng.normal(size=2)
+
+    def loss():
+        return float((F.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training) * g).sum())
+
+    dx, dw, db = F.batch_norm_backward(g, x, rm, rv, w, b, training=training)
+    np.testing.assert_allclose(dx, _fd(loss, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dw, _fd(loss, w), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(db, _fd(loss, b), rtol=1e-5, atol=1e-7)
