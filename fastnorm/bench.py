@@ -36,8 +36,10 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
 from functools import partial
+from importlib import metadata
 
 import numpy as np
 import threadpoolctl
@@ -47,15 +49,15 @@ from fastnorm import _kernels
 
 PEERS = ("numpy", "torch")
 BYTES_PER_S = {"train": 3, "eval": 2, "eval-out": 2, "backward": 5}
-BYTE_MODEL = ("byte model for GB/s (S = x.nbytes): eval/eval-out forward 2S (read x, "
-              "write y); train forward 3S (stats read + normalise read + write); "
-              "backward 5S (x and dy read twice, dx written)")
+BYTE_MODEL = ("GB/s: bytes fastnorm moves per call / its median, with S = x.nbytes: "
+              "eval and eval-out forward 2S (read x, write y); train forward 3S (read x "
+              "for the statistics, read x to normalise, write y); backward 5S (read x and "
+              "dy for the sums, read them again and write dx)")
 WARMUP = 3
+NOISY = 0.10
 
 
-# --------------------------------------------------------------------------
-# Cases: one entry of LAYERS per layer; each builds its callables
-# --------------------------------------------------------------------------
+# --- Cases: one entry of LAYERS per layer; each builds its callables ---
 
 class BatchNormBench:
     """Benchmarks of fastnorm.<title> (batch statistics over all dims but 1)."""
@@ -177,9 +179,7 @@ LAYERS = {
 }
 
 
-# --------------------------------------------------------------------------
-# Environment
-# --------------------------------------------------------------------------
+# --- Environment ---
 
 def _cpu_model():
     try:
@@ -198,23 +198,31 @@ def _openmp_libs():
             for i in threadpoolctl.threadpool_info() if i.get("user_api") == "openmp"]
 
 
-def _import_torch():
+def _torch_status(compare):
+    """(torch module or None, version or None, why it is not used or None)."""
+    try:
+        ver = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        ver = None
+    if "torch" not in compare:
+        return None, ver, "not compared"
     try:
         import torch
-        return torch
-    except ImportError:
-        return None
+    except ImportError as e:
+        return None, ver, "not installed" if ver is None else f"import failed: {e}"
+    return torch, torch.__version__, None
 
 
-def environment(peers):
+def environment(compare):
     """Versions, CPU and threading facts; imports torch only if compared."""
     openmp = _openmp_libs()      # before torch: these are the ones fastnorm loaded
-    torch = _import_torch() if "torch" in peers else None
+    torch, torch_version, torch_skip = _torch_status(compare)
     seen = {lib["filepath"] for lib in openmp}
     env = {
         "fastnorm": fastnorm.__version__,
         "numpy": np.__version__,
-        "torch": torch.__version__ if torch else None,
+        "torch": torch_version,
+        "torch_skipped": torch_skip,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": _cpu_model(),
@@ -236,7 +244,9 @@ def print_header(env, args, peers, out):
     line("fastnorm", f"{env['fastnorm']} (built with OpenMP: {omp}; "
                      f"max threads {env['fastnorm_max_threads']})")
     line("numpy", env["numpy"])
-    line("torch", env["torch"] or "not installed")
+    skip = env["torch_skipped"]
+    line("torch", skip if env["torch"] is None else
+         env["torch"] + (f" ({skip})" if skip else ""))
     line("python", f"{env['python']} ({env['platform']})")
     line("cpu", f"{env['cpu']}; {env['logical_cores']} logical cores")
     for lib in env["openmp"] or [None]:
@@ -245,16 +255,15 @@ def print_header(env, args, peers, out):
              f"version {lib['version'] or 'n/a'}")
     for lib in env["openmp_other"]:
         line("openmp+", f"also loaded by torch: {lib['prefix']} {lib['filepath']}")
-    skipped = [f"{p} (not installed)" for p in args.compare if p not in peers]
+    skipped = [f"torch ({env['torch_skipped']}, skipped)"] if "torch" in args.compare \
+        and "torch" not in peers else []
     line("compare", ", ".join(list(peers) + skipped) or "none")
     line("settings", f"dtype {args.dtype}, threads {','.join(map(str, args.threads))}, "
                      f"repeat {args.repeat}, min-time {args.min_time:g} s")
     print(file=out)
 
 
-# --------------------------------------------------------------------------
-# Timing
-# --------------------------------------------------------------------------
+# --- Timing ---
 
 def calibrate(fn, min_time):
     """Warm fn up; return the calls per batch (a batch lasts ~min_time / 10)."""
@@ -295,7 +304,8 @@ def measure(fns, repeat, min_time):
         if gc_was:
             gc.enable()
     for r in res.values():
-        r["median_s"] = float(np.median(r["samples_s"]))
+        q25, med, q75 = np.percentile(r["samples_s"], [25, 50, 75])
+        r["median_s"], r["iqr_s"] = float(med), float(q75 - q25)
     return res
 
 
@@ -319,9 +329,7 @@ def check_agreement(fns, dtype):
     return diffs
 
 
-# --------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------
+# --- CLI ---
 
 def _csv(s):
     return list(dict.fromkeys(p.strip().lower() for p in s.split(",") if p.strip()))
@@ -349,7 +357,8 @@ def parse_args(argv):
     p.add_argument("--shapes", type=lambda s: [_shape(x) for x in _csv(s)],
                    help="comma list of shapes like 32x64x56x56; replaces the "
                         "layers' default shapes")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="dtype of the data and of every implementation (default float32)")
     p.add_argument("--threads", type=_csv,
                    help="comma list of thread counts (default: OpenMP max threads, "
                         f"here {_kernels.max_threads()})")
@@ -376,7 +385,7 @@ def parse_args(argv):
         p.error("--threads: expected a comma list of integers")
     if min(a.threads) < 1 or a.repeat < 1 or a.min_time < 0:
         p.error("--threads and --repeat must be >= 1, --min-time >= 0")
-    if a.modes and "eval" in a.modes:
+    if a.modes and "eval" in a.modes and "eval-out" not in a.modes:
         a.modes.append("eval-out")
     a.cases = plan(a, p)
     return a
@@ -398,16 +407,57 @@ def plan(a, p):
     for s in a.shapes or []:
         if not any(LAYERS[n].accepts(s) for n in a.layers):
             p.error(f"--shapes: {'x'.join(map(str, s))} fits none of the layers "
-                    f"(BatchNorm2d takes N x C x H x W)")
+                    f"({'; '.join(f'{LAYERS[n].title}: {LAYERS[n].rank}-d' for n in a.layers)})")
     if not cases:
         p.error("nothing to run for these --layers / --shapes / --modes")
     return cases
 
 
-def _ms(t):
-    ms = t * 1e3
-    return f"{ms:.1f}" if ms >= 100 else f"{ms:.2f}" if ms >= 10 else \
+def _ms(r):
+    """Median in ms; '*' marks a wide spread (IQR over NOISY of the median)."""
+    ms = r["median_s"] * 1e3
+    txt = f"{ms:.1f}" if ms >= 100 else f"{ms:.2f}" if ms >= 10 else \
         f"{ms:.3f}" if ms >= 1 else f"{ms:.4f}"
+    return txt + ("*" if r["iqr_s"] > NOISY * r["median_s"] else " ")
+
+
+class Table:
+    """Fixed-width rows, printed as they are measured."""
+
+    def __init__(self, case_width, peers, out):
+        self.cols = [("case", case_width), ("mode", 8), ("thr", 3),
+                     ("fastnorm ms", 11), ("GB/s", 6)]
+        for peer in peers:
+            self.cols += [(f"{peer} ms", max(9, len(peer) + 4)), (f"vs {peer}", 8)]
+        self.peers, self.out = peers, out
+        head = self._line([c for c, _ in self.cols])
+        print(head + "\n" + "-" * len(head), file=out, flush=True)
+
+    def _line(self, vals):
+        return "  ".join(v.ljust(w) if i < 2 else v.rjust(w)
+                         for i, (v, (_, w)) in enumerate(zip(vals, self.cols)))
+
+    def row(self, name, mode, nthreads, nbytes, res):
+        fn = res["fastnorm"]
+        vals = [name, mode, str(nthreads), _ms(fn), f"{nbytes / fn['median_s'] / 1e9:.1f}"]
+        for peer in self.peers:
+            r = res.get(peer)
+            vals += [_ms(r), f"{r['median_s'] / fn['median_s']:.2f}x"] if r else ["- ", "-"]
+        print(self._line(vals), file=self.out, flush=True)
+
+
+def run_row(spec, s, mode, nthreads, peers, args, torch):
+    """Build and time every implementation of one row at nthreads threads."""
+    with threadpoolctl.threadpool_limits(limits=nthreads, user_api="openmp"):
+        if torch is not None:
+            torch.set_num_threads(nthreads)
+        fns = {"fastnorm": spec.build("fastnorm", mode, s)}
+        for peer in peers:
+            fn = spec.build(peer, mode, s)
+            if fn is not None:
+                fns[peer] = fn
+        diffs = check_agreement(fns, s["x"].dtype)
+        return measure(fns, args.repeat, args.min_time), diffs
 
 
 def main(argv=None):
@@ -423,70 +473,42 @@ def main(argv=None):
     dtype = np.dtype(args.dtype)
     rows = [(spec, shape, mode, t) for spec, shape, modes in args.cases
             for mode in modes for t in args.threads]
-    label = lambda spec, shape: f"{spec.title} {'x'.join(map(str, shape))}"  # noqa: E731
-    cols = [("case", max(len(label(r[0], r[1])) for r in rows)), ("mode", 8), ("thr", 3),
-            ("fastnorm ms", 11), ("GB/s", 6)]
-    for peer in peers:
-        cols += [(f"{peer} ms", max(9, len(peer) + 3)), (f"vs {peer}", max(8, len(peer) + 3))]
-    fmt = lambda vals: "  ".join(  # noqa: E731
-        (v.ljust(w) if i < 2 else v.rjust(w)) for i, (v, (_, w)) in enumerate(zip(vals, cols)))
-    print(fmt([c for c, _ in cols]), file=out)
-    print("-" * len(fmt([c for c, _ in cols])), file=out, flush=True)
-
+    names = [f"{spec.title} {'x'.join(map(str, shape))}" for spec, shape, _, _ in rows]
+    table = Table(max(map(len, names)), peers, out)
     progress = sys.stderr.isatty() and not args.quiet
     torch_threads = torch.get_num_threads() if torch else None
     rng = np.random.default_rng(0)
-    records, inputs = [], {}
+    records, key, s = [], None, None
     try:
-        for i, (spec, shape, mode, nthreads) in enumerate(rows, 1):
-            name = label(spec, shape)
+        for i, ((spec, shape, mode, nthreads), name) in enumerate(zip(rows, names), 1):
             if progress:
                 sys.stderr.write(f"\r\033[K[{i}/{len(rows)}] {name} {mode} t={nthreads} ...")
                 sys.stderr.flush()
-            key = (id(spec), shape)
-            if key not in inputs:
-                inputs = {key: spec.setup(shape, dtype, rng)}   # keep one case alive
-            s = inputs[key]
-            with threadpoolctl.threadpool_limits(limits=nthreads, user_api="openmp"):
-                if torch is not None:
-                    torch.set_num_threads(nthreads)
-                fns = {"fastnorm": spec.build("fastnorm", mode, s)}
-                for peer in peers:
-                    fn = spec.build(peer, mode, s)
-                    if fn is not None:
-                        fns[peer] = fn
-                diffs = check_agreement(fns, dtype)
-                res = measure(fns, args.repeat, args.min_time)
-            del fns
+            if key != (name, shape):      # rows of one case are adjacent: one alive
+                key, s = (name, shape), None
+                s = spec.setup(shape, dtype, rng)
+            res, diffs = run_row(spec, s, mode, nthreads, peers, args, torch)
             if progress:
                 sys.stderr.write("\r\033[K")
-            fn_med = res["fastnorm"]["median_s"]
             nbytes = BYTES_PER_S[mode] * s["x"].nbytes
-            vals = [name, mode, str(nthreads), _ms(fn_med), f"{nbytes / fn_med / 1e9:.1f}"]
-            for peer in peers:
-                if peer in res:
-                    vals += [_ms(res[peer]["median_s"]),
-                             f"{res[peer]['median_s'] / fn_med:.2f}x"]
-                else:
-                    vals += ["-", "-"]
-            print(fmt(vals), file=out, flush=True)
+            table.row(name, mode, nthreads, nbytes, res)
             records.append({"layer": spec.title, "shape": list(shape), "dtype": dtype.name,
                             "mode": mode, "threads": nthreads, "bytes_moved": nbytes,
                             "results": res, "max_abs_diff_vs_fastnorm": diffs})
     finally:
         if torch is not None:
             torch.set_num_threads(torch_threads)
-    print(f"\nmedians of {args.repeat} interleaved samples; vs PEER = PEER median / "
-          f"fastnorm median (>1: fastnorm faster); GB/s: {BYTE_MODEL.split(': ', 1)[1]}",
-          file=out)
+    print(f"\nms: median per-call time of {args.repeat} interleaved samples; '*': "
+          f"samples spread widely (IQR > {NOISY:.0%} of the median)\n"
+          "vs PEER: PEER median / fastnorm median (>1: fastnorm is faster)\n"
+          + textwrap.fill(BYTE_MODEL, 100, subsequent_indent="  "), file=out)
 
     if args.json:
         settings = {k: getattr(args, k) for k in
                     ("layers", "dtype", "threads", "modes", "compare", "repeat", "min_time")}
         settings["peers_run"] = peers
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "settings": settings, "rows": records},
-                      f, indent=1)
+            json.dump({"environment": env, "settings": settings, "rows": records}, f, indent=1)
         print(f"wrote {args.json}", file=out)
     return 0
 
