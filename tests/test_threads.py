@@ -40,14 +40,16 @@ def test_threadpoolctl_sees_and_limits_fastnorm_openmp():
         assert _kernels.max_threads() == 2
 
 
-def _run(code, **env):
+def _run(code, cwd, **env):
+    # cwd: away from a source checkout, whose fastnorm/ (no compiled
+    # extension) `python -c` would otherwise import instead of the installed one
     full = dict(os.environ, **env)
     out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True,
-                         text=True, check=True)
+                         text=True, check=True, cwd=cwd)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_import_loads_openmp_runtime_and_omp_num_threads_is_obeyed():
+def test_import_loads_openmp_runtime_and_omp_num_threads_is_obeyed(tmp_path):
     code = (
         "import json, numpy as np, threadpoolctl\n"
         "before = [i['filepath'] for i in threadpoolctl.threadpool_info() if i['user_api']=='openmp']\n"
@@ -57,10 +59,10 @@ def test_import_loads_openmp_runtime_and_omp_num_threads_is_obeyed():
         "print(json.dumps([before, after, fastnorm._kernels.max_threads(),\n"
         "                  fastnorm._kernels.threads_used()]))\n"
     )
-    before, after, mx, used = _run(code, OMP_NUM_THREADS="1")
+    before, after, mx, used = _run(code, tmp_path, OMP_NUM_THREADS="1")
     assert len(after) >= 1 and len(after) >= len(before)
     assert (mx, used) == (1, 1)
-    _, _, mx, used = _run(code, OMP_NUM_THREADS="2")
+    _, _, mx, used = _run(code, tmp_path, OMP_NUM_THREADS="2")
     assert (mx, used) == (2, 2)
 
 
