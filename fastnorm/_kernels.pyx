@@ -10,11 +10,16 @@ channel, over the N * L values of that channel.  The Python layer reshapes,
 validates and makes the data contiguous before any kernel runs; kernels
 assume valid input, hold no Python objects and run without the GIL.
 
-Units.  Each channel's values are cut into *units* by the shape alone:
-  * L >= UNIT: a unit is a piece of at most UNIT consecutive elements of one
-    plane (one sample, one channel);
-  * L <  UNIT: a unit is a block of UNIT // L consecutive samples of one
-    channel, all of their L elements.
+Units.  Each channel's values are cut into *units* by the shape alone, in
+one of two modes:
+  * planes (L >= SMALL_L): a unit belongs to one channel: a piece of at most
+    UNIT consecutive elements of one plane when L >= UNIT, else a block of
+    UNIT // L consecutive samples, all of their L elements.  Loops run along
+    the plane with register accumulators.
+  * rows (L < SMALL_L, e.g. BatchNorm1d on (N, C)): planes are too short to
+    loop along, so a unit is a block of ROW_COUNT // L samples times a chunk
+    of channels (at most ROW_COLS elements of each row), and loops run along
+    the contiguous rows with one float64 accumulator per column.
 A unit is small enough to stay in L1/L2 between the two passes made over it.
 
 Statistics.  For each unit, a two-pass mean and M2 (corrected two-pass: sum of
@@ -25,6 +30,10 @@ channel with Chan's formula, in unit order.  Units are computed in parallel
 neither the units nor the merge order depend on the thread count: results are
 bitwise identical whatever the number of threads.  Backward sums (sum of dy,
 sum of dy * (x - mean)) use the same units and the same ordered merge.
+
+Elementwise passes (normalise, input gradient) go over pieces of planes
+(planes mode) or of rows, with per-column coefficients expanded once per call
+(rows mode).
 
 Normalisation.  y = (x - c) * s + t per channel, where c is the mean rounded
 to the data type, s = weight * invstd and t absorbs bias and the rounding of
@@ -39,9 +48,10 @@ per thread at least) and a single-threaded call runs no parallel region.
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 
 cdef extern from "_omp_shim.h" nogil:
     int omp_get_max_threads()
@@ -67,13 +77,38 @@ cdef extern from "_loops.h" nogil:
                     double c, double a, double b, double k)
     void fn_scale_f32(const float *dy, float *dx, int64_t n, float a)
     void fn_scale_f64(const double *dy, double *dx, int64_t n, double a)
+    void fn_rsum_f32(const float *x, double *acc, int64_t n)
+    void fn_rsum_f64(const double *x, double *acc, int64_t n)
+    void fn_rdev_f32(const float *x, const double *m, double *a, double *b, int64_t n)
+    void fn_rdev_f64(const double *x, const double *m, double *a, double *b, int64_t n)
+    void fn_rdot_f32(const float *x, const float *dy, const double *m, double *a,
+                     double *b, int64_t n)
+    void fn_rdot_f64(const double *x, const double *dy, const double *m, double *a,
+                     double *b, int64_t n)
+    void fn_raffine_f32(const float *x, float *y, const float *c, const float *s,
+                        const float *t, int64_t n)
+    void fn_raffine_f64(const double *x, double *y, const double *c, const double *s,
+                        const double *t, int64_t n)
+    void fn_rbwd_f32(const float *x, const float *dy, float *dx, const float *c,
+                     const float *a, const float *b, const float *k, int64_t n)
+    void fn_rbwd_f64(const double *x, const double *dy, double *dx, const double *c,
+                     const double *a, const double *b, const double *k, int64_t n)
+    void fn_rscale_f32(const float *dy, float *dx, const float *a, int64_t n)
+    void fn_rscale_f64(const double *dy, double *dx, const double *a, int64_t n)
 
-# Elements per unit.  Changing it changes the last bits of results (not their
-# accuracy), so it is a constant of the library, not a tuning knob.
+# The unit geometry is part of the library's definition of its results: a
+# change moves the last bits of results (not their accuracy).
 cdef enum:
-    UNIT = 4096
-    # Fewest elements worth giving to one more thread.
-    MIN_WORK = 32768
+    UNIT = 4096         # planes mode: elements per unit
+    SMALL_L = 32        # planes shorter than this use rows mode
+    ROW_COUNT = 256     # rows mode: samples x plane length per unit
+    ROW_COLS = 512      # rows mode: elements of a row per unit (whole channels)
+    MIN_WORK = 32768    # fewest elements worth giving to one more thread
+
+cdef enum Op:
+    OP_AFFINE = 0       # out = (x - k0) * k1 + k2
+    OP_BWD = 1          # out = k1 * dy - k2 * (x - k0) - k3
+    OP_SCALE = 2        # out = k1 * dy
 
 cdef int g_threads_used = 1
 
@@ -84,10 +119,17 @@ cdef int g_threads_used = 1
 
 cdef struct Units:
     int64_t N, C, L
+    bint rows_mode
+    # planes mode
     int64_t rows        # samples per unit
     int64_t pieces      # units per plane (L >= UNIT), else 1
     int64_t piece       # elements per piece of a plane
-    int64_t per_chan    # units per channel
+    # rows mode
+    int64_t cw          # channels per chunk
+    int64_t nk          # channel chunks
+    # both
+    int64_t per_chan    # units (partials) per channel
+    int64_t total       # units in all
 
 
 cdef inline Units make_units(int64_t N, int64_t C, int64_t L) noexcept nogil:
@@ -95,36 +137,52 @@ cdef inline Units make_units(int64_t N, int64_t C, int64_t L) noexcept nogil:
     g.N = N
     g.C = C
     g.L = L
-    if L >= UNIT:
-        g.rows = 1
-        g.piece = UNIT
-        g.pieces = (L + UNIT - 1) // UNIT
-    else:
-        g.rows = UNIT // L
-        g.piece = L
+    g.rows_mode = L < SMALL_L
+    if g.rows_mode:
+        g.rows = ROW_COUNT // L
+        g.cw = ROW_COLS // L
+        if g.cw > C:
+            g.cw = C
+        g.nk = (C + g.cw - 1) // g.cw
         g.pieces = 1
-    g.per_chan = ((N + g.rows - 1) // g.rows) * g.pieces
+        g.piece = L
+        g.per_chan = (N + g.rows - 1) // g.rows
+        g.total = g.per_chan * g.nk
+    else:
+        if L >= UNIT:
+            g.rows = 1
+            g.piece = UNIT
+            g.pieces = (L + UNIT - 1) // UNIT
+        else:
+            g.rows = UNIT // L
+            g.piece = L
+            g.pieces = 1
+        g.cw = 1
+        g.nk = C
+        g.per_chan = ((N + g.rows - 1) // g.rows) * g.pieces
+        g.total = C * g.per_chan
     return g
 
 
-cdef inline void unit_span(const Units *g, int64_t u, int64_t *n0, int64_t *n1,
-                           int64_t *l0, int64_t *ln) noexcept nogil:
-    """Samples [n0, n1) and elements [l0, l0 + ln) of unit u of a channel."""
+cdef inline int64_t unit_count(const Units *g, int64_t u) noexcept nogil:
+    """Values per channel in partial u of a channel."""
     cdef int64_t block = u // g.pieces
-    cdef int64_t p = u - block * g.pieces
-    n0[0] = block * g.rows
-    n1[0] = n0[0] + g.rows
-    if n1[0] > g.N:
-        n1[0] = g.N
-    l0[0] = p * g.piece
-    ln[0] = g.piece
-    if l0[0] + ln[0] > g.L:
-        ln[0] = g.L - l0[0]
+    cdef int64_t n0 = block * g.rows
+    cdef int64_t n1 = n0 + g.rows
+    cdef int64_t l0 = (u - block * g.pieces) * g.piece
+    cdef int64_t ln = g.piece
+    if n1 > g.N:
+        n1 = g.N
+    if l0 + ln > g.L:
+        ln = g.L - l0
+    return (n1 - n0) * ln
 
 
-cdef inline int threads_for(int64_t work) noexcept nogil:
+cdef inline int threads_for(int64_t work, int64_t items) noexcept nogil:
     cdef int nt = omp_get_max_threads()
     cdef int64_t cap = work // MIN_WORK
+    if cap > items:
+        cap = items
     if cap < 1:
         cap = 1
     if cap < nt:
@@ -141,16 +199,22 @@ cdef inline void note_threads() noexcept nogil:
 
 
 # --------------------------------------------------------------------------
-# Per-unit bodies (one unit of one channel each)
+# Planes mode: unit i = partial (i % per_chan) of channel (i // per_chan)
 # --------------------------------------------------------------------------
 
-cdef inline void unit_moments(const floating *x, const Units *g, int64_t c,
-                              int64_t u, double *mean, double *m2) noexcept nogil:
-    """OUT mean[0], m2[0]: two-pass moments of unit u of channel c."""
-    cdef int64_t n0, n1, l0, ln, n
+cdef inline void plane_moments(const floating *x, const Units *g, int64_t i,
+                               double *pm, double *pm2) noexcept nogil:
+    """OUT pm[i], pm2[i]: two-pass mean and M2 of unit i."""
+    cdef int64_t c = i // g.per_chan, u = i % g.per_chan
+    cdef int64_t block = u // g.pieces
+    cdef int64_t n0 = block * g.rows, n1 = n0 + g.rows, n
+    cdef int64_t l0 = (u - block * g.pieces) * g.piece, ln = g.piece
     cdef double s = 0.0, sd = 0.0, sdd = 0.0, cnt, m
     cdef const floating *p
-    unit_span(g, u, &n0, &n1, &l0, &ln)
+    if n1 > g.N:
+        n1 = g.N
+    if l0 + ln > g.L:
+        ln = g.L - l0
     cnt = <double>((n1 - n0) * ln)
     for n in range(n0, n1):
         p = x + (n * g.C + c) * g.L + l0
@@ -165,37 +229,146 @@ cdef inline void unit_moments(const floating *x, const Units *g, int64_t c,
             fn_dev_f32(p, ln, m, &sd, &sdd)
         else:
             fn_dev_f64(p, ln, m, &sd, &sdd)
-    mean[0] = m + sd / cnt
+    pm[i] = m + sd / cnt
     sdd = sdd - sd * sd / cnt
-    m2[0] = sdd if sdd > 0.0 else 0.0
+    pm2[i] = sdd if sdd > 0.0 else 0.0
 
 
-cdef inline void unit_dot(const floating *x, const floating *dy, const Units *g,
-                          int64_t c, int64_t u, double m, double *sdy,
-                          double *sdyx) noexcept nogil:
-    """OUT sdy[0], sdyx[0]: sum of dy and of dy * (x - m) over unit u of c."""
-    cdef int64_t n0, n1, l0, ln, n, off
+cdef inline void plane_dot(const floating *x, const floating *dy, const Units *g,
+                           int64_t i, const double *mean, double *pa,
+                           double *pb) noexcept nogil:
+    """OUT pa[i], pb[i]: sum of dy and of dy * (x - mean[c]) over unit i."""
+    cdef int64_t c = i // g.per_chan, u = i % g.per_chan
+    cdef int64_t block = u // g.pieces
+    cdef int64_t n0 = block * g.rows, n1 = n0 + g.rows, n, off
+    cdef int64_t l0 = (u - block * g.pieces) * g.piece, ln = g.piece
     cdef double a = 0.0, b = 0.0
-    unit_span(g, u, &n0, &n1, &l0, &ln)
+    if n1 > g.N:
+        n1 = g.N
+    if l0 + ln > g.L:
+        ln = g.L - l0
     for n in range(n0, n1):
         off = (n * g.C + c) * g.L + l0
         if floating is float:
-            fn_dot_f32(x + off, dy + off, ln, m, &a, &b)
+            fn_dot_f32(x + off, dy + off, ln, mean[c], &a, &b)
         else:
-            fn_dot_f64(x + off, dy + off, ln, m, &a, &b)
-    sdy[0] = a
-    sdyx[0] = b
+            fn_dot_f64(x + off, dy + off, ln, mean[c], &a, &b)
+    pa[i] = a
+    pb[i] = b
 
+
+# --------------------------------------------------------------------------
+# Rows mode: unit i = row block (i // nk) x channel chunk (i % nk); its
+# partial for channel c is stored at c * per_chan + row block.
+# scratch: 3 * cw * L doubles, private to the calling thread.
+# --------------------------------------------------------------------------
+
+cdef inline void rows_moments(const floating *x, const Units *g, int64_t i,
+                              double *pm, double *pm2,
+                              double *scratch) noexcept nogil:
+    cdef int64_t b = i // g.nk, k = i % g.nk
+    cdef int64_t n0 = b * g.rows, n1 = n0 + g.rows, n, c, l, j
+    cdef int64_t c0 = k * g.cw, c1 = c0 + g.cw
+    cdef int64_t W, stride = g.C * g.L
+    cdef double *acc = scratch
+    cdef double *acc2
+    cdef double *mj
+    cdef double cnt, s, sd, sdd
+    cdef const floating *p
+    if n1 > g.N:
+        n1 = g.N
+    if c1 > g.C:
+        c1 = g.C
+    W = (c1 - c0) * g.L
+    acc2 = scratch + W
+    mj = scratch + 2 * W
+    cnt = <double>((n1 - n0) * g.L)
+    memset(acc, 0, W * sizeof(double))
+    for n in range(n0, n1):
+        p = x + n * stride + c0 * g.L
+        if floating is float:
+            fn_rsum_f32(p, acc, W)
+        else:
+            fn_rsum_f64(p, acc, W)
+    for c in range(c1 - c0):
+        s = 0.0
+        for l in range(g.L):
+            s += acc[c * g.L + l]
+        s = s / cnt
+        for l in range(g.L):
+            mj[c * g.L + l] = s
+    memset(acc, 0, 2 * W * sizeof(double))
+    for n in range(n0, n1):
+        p = x + n * stride + c0 * g.L
+        if floating is float:
+            fn_rdev_f32(p, mj, acc, acc2, W)
+        else:
+            fn_rdev_f64(p, mj, acc, acc2, W)
+    for c in range(c1 - c0):
+        sd = 0.0
+        sdd = 0.0
+        for l in range(g.L):
+            j = c * g.L + l
+            sd += acc[j]
+            sdd += acc2[j]
+        j = (c0 + c) * g.per_chan + b
+        pm[j] = mj[c * g.L] + sd / cnt
+        sdd = sdd - sd * sd / cnt
+        pm2[j] = sdd if sdd > 0.0 else 0.0
+
+
+cdef inline void rows_dot(const floating *x, const floating *dy, const Units *g,
+                          int64_t i, const double *mean, double *pa, double *pb,
+                          double *scratch) noexcept nogil:
+    cdef int64_t b = i // g.nk, k = i % g.nk
+    cdef int64_t n0 = b * g.rows, n1 = n0 + g.rows, n, c, l, j, off
+    cdef int64_t c0 = k * g.cw, c1 = c0 + g.cw
+    cdef int64_t W, stride = g.C * g.L
+    cdef double *acc = scratch
+    cdef double *acc2
+    cdef double *mj
+    cdef double sa, sb
+    if n1 > g.N:
+        n1 = g.N
+    if c1 > g.C:
+        c1 = g.C
+    W = (c1 - c0) * g.L
+    acc2 = scratch + W
+    mj = scratch + 2 * W
+    for c in range(c1 - c0):
+        for l in range(g.L):
+            mj[c * g.L + l] = mean[c0 + c]
+    memset(acc, 0, 2 * W * sizeof(double))
+    for n in range(n0, n1):
+        off = n * stride + c0 * g.L
+        if floating is float:
+            fn_rdot_f32(x + off, dy + off, mj, acc, acc2, W)
+        else:
+            fn_rdot_f64(x + off, dy + off, mj, acc, acc2, W)
+    for c in range(c1 - c0):
+        sa = 0.0
+        sb = 0.0
+        for l in range(g.L):
+            j = c * g.L + l
+            sa += acc[j]
+            sb += acc2[j]
+        j = (c0 + c) * g.per_chan + b
+        pa[j] = sa
+        pb[j] = sb
+
+
+# --------------------------------------------------------------------------
+# Ordered merges of the partials of one channel
+# --------------------------------------------------------------------------
 
 cdef inline void chan_merge(const Units *g, int64_t c, const double *pm,
                             const double *pm2, double *mean,
                             double *var) noexcept nogil:
     """Chan's merge of the partials of channel c, in unit order."""
-    cdef int64_t u, n0, n1, l0, ln
+    cdef int64_t u
     cdef double cnt = 0.0, mu = 0.0, m2 = 0.0, nb, tot, d
     for u in range(g.per_chan):
-        unit_span(g, u, &n0, &n1, &l0, &ln)
-        nb = <double>((n1 - n0) * ln)
+        nb = <double>unit_count(g, u)
         tot = cnt + nb
         d = pm[c * g.per_chan + u] - mu
         mu = mu + d * (nb / tot)
@@ -217,82 +390,63 @@ cdef inline void sum_merge(const Units *g, int64_t c, const double *pa,
 
 
 # --------------------------------------------------------------------------
-# Kernels
+# Reductions
 # --------------------------------------------------------------------------
 
 def batch_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var):
     """Per-channel mean and biased variance of x (N, C, L), N * L > 0.
 
-    OUT mean (C,), var (C,): float64.
+    IN x; OUT mean (C,), var (C,): float64.
     """
     cdef Units g = make_units(x.shape[0], x.shape[1], x.shape[2])
-    cdef int64_t total = g.C * g.per_chan, i, c
-    cdef int nt = threads_for(g.N * g.C * g.L)
+    cdef int64_t i, c
+    cdef int nt = threads_for(g.N * g.C * g.L, g.total)
     cdef const floating *px = &x[0, 0, 0]
-    cdef double *pm = <double *>malloc(2 * total * sizeof(double))
+    cdef double *pm = <double *>malloc(2 * g.C * g.per_chan * sizeof(double))
     cdef double *pm2
+    cdef double *scratch = NULL
+    cdef bint failed = False
     if pm == NULL:
         raise MemoryError()
-    pm2 = pm + total
+    pm2 = pm + g.C * g.per_chan
     with nogil:
-        if nt == 1:
-            for i in range(total):
-                unit_moments(px, &g, i // g.per_chan, i % g.per_chan,
-                             &pm[i], &pm2[i])
-            for c in range(g.C):
-                chan_merge(&g, c, pm, pm2, &mean[0], &var[0])
+        if not g.rows_mode:
+            if nt == 1:
+                for i in range(g.total):
+                    plane_moments(px, &g, i, pm, pm2)
+            else:
+                for i in prange(g.total, num_threads=nt, schedule='static'):
+                    note_threads()
+                    plane_moments(px, &g, i, pm, pm2)
+        elif nt == 1:
+            scratch = <double *>malloc(3 * g.cw * g.L * sizeof(double))
+            if scratch == NULL:
+                failed = True
+            else:
+                for i in range(g.total):
+                    rows_moments(px, &g, i, pm, pm2, scratch)
+                free(scratch)
         else:
-            for i in prange(total, num_threads=nt, schedule='static'):
-                note_threads()
-                unit_moments(px, &g, i // g.per_chan, i % g.per_chan,
-                             &pm[i], &pm2[i])
-            for c in prange(g.C, num_threads=nt, schedule='static'):
-                chan_merge(&g, c, pm, pm2, &mean[0], &var[0])
+            with parallel(num_threads=nt):
+                scratch = <double *>malloc(3 * g.cw * g.L * sizeof(double))
+                if scratch == NULL:
+                    failed = True
+                else:
+                    note_threads()
+                    for i in prange(g.total, schedule='static'):
+                        rows_moments(px, &g, i, pm, pm2, scratch)
+                    free(scratch)
+        if not failed:
+            if nt == 1:
+                for c in range(g.C):
+                    chan_merge(&g, c, pm, pm2, &mean[0], &var[0])
+            else:
+                for c in prange(g.C, num_threads=nt, schedule='static'):
+                    chan_merge(&g, c, pm, pm2, &mean[0], &var[0])
     free(pm)
+    if failed:
+        raise MemoryError()
     _set_threads(nt)
-
-
-def batch_affine(const floating[:, :, ::1] x, floating[:, :, ::1] out,
-                 const double[::1] center, const double[::1] scale,
-                 const double[::1] shift):
-    """out = (x - center[c]) * scale[c] + shift[c], in the data type.
-
-    IN x (N, C, L); OUT out (N, C, L), may be x itself; IN center, scale,
-    shift (C,) float64, rounded to the data type once per channel.
-    """
-    cdef Units g = make_units(x.shape[0], x.shape[1], x.shape[2])
-    cdef int64_t total = g.N * g.C * g.pieces, i
-    cdef int nt = threads_for(g.N * g.C * g.L)
-    cdef const floating *px = &x[0, 0, 0]
-    cdef floating *py = &out[0, 0, 0]
-    with nogil:
-        if nt == 1:
-            for i in range(total):
-                affine_item(px, py, &g, i, &center[0], &scale[0], &shift[0])
-        else:
-            for i in prange(total, num_threads=nt, schedule='static'):
-                note_threads()
-                affine_item(px, py, &g, i, &center[0], &scale[0], &shift[0])
-    _set_threads(nt)
-
-
-cdef inline void affine_item(const floating *x, floating *y, const Units *g,
-                             int64_t i, const double *center,
-                             const double *scale,
-                             const double *shift) noexcept nogil:
-    """Piece i of the (N * C) planes, each cut into g.pieces pieces."""
-    cdef int64_t plane = i // g.pieces
-    cdef int64_t l0 = (i - plane * g.pieces) * g.piece
-    cdef int64_t ln = g.L - l0
-    cdef int64_t c = plane % g.C
-    cdef int64_t off = plane * g.L + l0
-    if ln > g.piece:
-        ln = g.piece
-    if floating is float:
-        fn_affine_f32(x + off, y + off, ln, <float>center[c], <float>scale[c],
-                      <float>shift[c])
-    else:
-        fn_affine_f64(x + off, y + off, ln, center[c], scale[c], shift[c])
 
 
 def batch_bwd_sums(const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
@@ -303,32 +457,180 @@ def batch_bwd_sums(const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
     IN x, dy (N, C, L), N * L > 0; IN mean (C,); OUT sum_dy, sum_dyx (C,).
     """
     cdef Units g = make_units(x.shape[0], x.shape[1], x.shape[2])
-    cdef int64_t total = g.C * g.per_chan, i, c
-    cdef int nt = threads_for(2 * g.N * g.C * g.L)
+    cdef int64_t i, c
+    cdef int nt = threads_for(2 * g.N * g.C * g.L, g.total)
     cdef const floating *px = &x[0, 0, 0]
     cdef const floating *pg = &dy[0, 0, 0]
     cdef const double *pmean = &mean[0]
-    cdef double *pa = <double *>malloc(2 * total * sizeof(double))
+    cdef double *pa = <double *>malloc(2 * g.C * g.per_chan * sizeof(double))
     cdef double *pb
+    cdef double *scratch = NULL
+    cdef bint failed = False
     if pa == NULL:
         raise MemoryError()
-    pb = pa + total
+    pb = pa + g.C * g.per_chan
     with nogil:
-        if nt == 1:
-            for i in range(total):
-                unit_dot(px, pg, &g, i // g.per_chan, i % g.per_chan,
-                         pmean[i // g.per_chan], &pa[i], &pb[i])
-            for c in range(g.C):
-                sum_merge(&g, c, pa, pb, &sum_dy[0], &sum_dyx[0])
+        if not g.rows_mode:
+            if nt == 1:
+                for i in range(g.total):
+                    plane_dot(px, pg, &g, i, pmean, pa, pb)
+            else:
+                for i in prange(g.total, num_threads=nt, schedule='static'):
+                    note_threads()
+                    plane_dot(px, pg, &g, i, pmean, pa, pb)
+        elif nt == 1:
+            scratch = <double *>malloc(3 * g.cw * g.L * sizeof(double))
+            if scratch == NULL:
+                failed = True
+            else:
+                for i in range(g.total):
+                    rows_dot(px, pg, &g, i, pmean, pa, pb, scratch)
+                free(scratch)
         else:
-            for i in prange(total, num_threads=nt, schedule='static'):
-                note_threads()
-                unit_dot(px, pg, &g, i // g.per_chan, i % g.per_chan,
-                         pmean[i // g.per_chan], &pa[i], &pb[i])
-            for c in prange(g.C, num_threads=nt, schedule='static'):
-                sum_merge(&g, c, pa, pb, &sum_dy[0], &sum_dyx[0])
+            with parallel(num_threads=nt):
+                scratch = <double *>malloc(3 * g.cw * g.L * sizeof(double))
+                if scratch == NULL:
+                    failed = True
+                else:
+                    note_threads()
+                    for i in prange(g.total, schedule='static'):
+                        rows_dot(px, pg, &g, i, pmean, pa, pb, scratch)
+                    free(scratch)
+        if not failed:
+            if nt == 1:
+                for c in range(g.C):
+                    sum_merge(&g, c, pa, pb, &sum_dy[0], &sum_dyx[0])
+            else:
+                for c in prange(g.C, num_threads=nt, schedule='static'):
+                    sum_merge(&g, c, pa, pb, &sum_dy[0], &sum_dyx[0])
     free(pa)
+    if failed:
+        raise MemoryError()
     _set_threads(nt)
+
+
+# --------------------------------------------------------------------------
+# Elementwise passes
+# --------------------------------------------------------------------------
+
+cdef inline void plane_item(int op, const floating *x, const floating *dy,
+                            floating *out, const Units *g, int64_t i,
+                            const double *k0, const double *k1,
+                            const double *k2, const double *k3) noexcept nogil:
+    """Piece i of the N * C planes (g.pieces pieces of g.piece per plane)."""
+    cdef int64_t plane = i // g.pieces
+    cdef int64_t l0 = (i - plane * g.pieces) * g.piece
+    cdef int64_t ln = g.L - l0
+    cdef int64_t c = plane % g.C
+    cdef int64_t off = plane * g.L + l0
+    if ln > g.piece:
+        ln = g.piece
+    if floating is float:
+        if op == OP_AFFINE:
+            fn_affine_f32(x + off, out + off, ln, <float>k0[c], <float>k1[c],
+                          <float>k2[c])
+        elif op == OP_BWD:
+            fn_bwd_f32(x + off, dy + off, out + off, ln, <float>k0[c],
+                       <float>k1[c], <float>k2[c], <float>k3[c])
+        else:
+            fn_scale_f32(dy + off, out + off, ln, <float>k1[c])
+    else:
+        if op == OP_AFFINE:
+            fn_affine_f64(x + off, out + off, ln, k0[c], k1[c], k2[c])
+        elif op == OP_BWD:
+            fn_bwd_f64(x + off, dy + off, out + off, ln, k0[c], k1[c], k2[c], k3[c])
+        else:
+            fn_scale_f64(dy + off, out + off, ln, k1[c])
+
+
+cdef inline void row_item(int op, const floating *x, const floating *dy,
+                          floating *out, int64_t W, int64_t pieces, int64_t i,
+                          const floating *e) noexcept nogil:
+    """Piece i of the N rows of W = C * L elements (pieces of UNIT per row);
+    e holds the 4 coefficient rows, each W long."""
+    cdef int64_t row = i // pieces
+    cdef int64_t j0 = (i - row * pieces) * UNIT
+    cdef int64_t ln = W - j0
+    cdef int64_t off = row * W + j0
+    if ln > UNIT:
+        ln = UNIT
+    if floating is float:
+        if op == OP_AFFINE:
+            fn_raffine_f32(x + off, out + off, e + j0, e + W + j0, e + 2 * W + j0, ln)
+        elif op == OP_BWD:
+            fn_rbwd_f32(x + off, dy + off, out + off, e + j0, e + W + j0,
+                        e + 2 * W + j0, e + 3 * W + j0, ln)
+        else:
+            fn_rscale_f32(dy + off, out + off, e + W + j0, ln)
+    else:
+        if op == OP_AFFINE:
+            fn_raffine_f64(x + off, out + off, e + j0, e + W + j0, e + 2 * W + j0, ln)
+        elif op == OP_BWD:
+            fn_rbwd_f64(x + off, dy + off, out + off, e + j0, e + W + j0,
+                        e + 2 * W + j0, e + 3 * W + j0, ln)
+        else:
+            fn_rscale_f64(dy + off, out + off, e + W + j0, ln)
+
+
+cdef int elementwise(int op, const floating *x, const floating *dy, floating *out,
+                     int64_t N, int64_t C, int64_t L, int reads,
+                     const double *k0, const double *k1, const double *k2,
+                     const double *k3) except -1:
+    """out = op(x, dy; per-channel coefficients k0..k3) over (N, C, L)."""
+    cdef Units g = make_units(N, C, L)
+    cdef int64_t total, i, j, c, l, W = C * L, pieces
+    cdef int nt
+    cdef floating *e = NULL
+    if not g.rows_mode:
+        total = N * C * g.pieces
+        nt = threads_for(reads * N * W, total)
+        with nogil:
+            if nt == 1:
+                for i in range(total):
+                    plane_item(op, x, dy, out, &g, i, k0, k1, k2, k3)
+            else:
+                for i in prange(total, num_threads=nt, schedule='static'):
+                    note_threads()
+                    plane_item(op, x, dy, out, &g, i, k0, k1, k2, k3)
+    else:
+        # per-column coefficients, rounded to the data type once
+        e = <floating *>malloc(4 * W * sizeof(floating))
+        if e == NULL:
+            raise MemoryError()
+        for c in range(C):
+            for l in range(L):
+                j = c * L + l
+                e[j] = <floating>k0[c]
+                e[W + j] = <floating>k1[c]
+                e[2 * W + j] = <floating>k2[c]
+                e[3 * W + j] = <floating>k3[c]
+        pieces = (W + UNIT - 1) // UNIT
+        total = N * pieces
+        nt = threads_for(reads * N * W, total)
+        with nogil:
+            if nt == 1:
+                for i in range(total):
+                    row_item(op, x, dy, out, W, pieces, i, e)
+            else:
+                for i in prange(total, num_threads=nt, schedule='static'):
+                    note_threads()
+                    row_item(op, x, dy, out, W, pieces, i, e)
+        free(e)
+    _set_threads(nt)
+    return 0
+
+
+def batch_affine(const floating[:, :, ::1] x, floating[:, :, ::1] out,
+                 const double[::1] center, const double[::1] scale,
+                 const double[::1] shift):
+    """out = (x - center[c]) * scale[c] + shift[c], in the data type.
+
+    IN x (N, C, L); OUT out (N, C, L), may be x itself; IN center, scale,
+    shift (C,) float64, rounded to the data type once per channel.
+    """
+    elementwise(OP_AFFINE, &x[0, 0, 0], NULL, &out[0, 0, 0], x.shape[0],
+                x.shape[1], x.shape[2], 1, &center[0], &scale[0], &shift[0],
+                &shift[0])
 
 
 def batch_bwd_input(const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
@@ -340,39 +642,8 @@ def batch_bwd_input(const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
     Input gradient of a normalisation whose statistics came from the batch.
     IN x, dy (N, C, L); OUT dx (N, C, L), may alias dy; IN (C,) float64.
     """
-    cdef Units g = make_units(x.shape[0], x.shape[1], x.shape[2])
-    cdef int64_t total = g.N * g.C * g.pieces, i
-    cdef int nt = threads_for(2 * g.N * g.C * g.L)
-    cdef const floating *px = &x[0, 0, 0]
-    cdef const floating *pg = &dy[0, 0, 0]
-    cdef floating *po = &dx[0, 0, 0]
-    with nogil:
-        if nt == 1:
-            for i in range(total):
-                bwd_item(px, pg, po, &g, i, &center[0], &a[0], &b[0], &k[0])
-        else:
-            for i in prange(total, num_threads=nt, schedule='static'):
-                note_threads()
-                bwd_item(px, pg, po, &g, i, &center[0], &a[0], &b[0], &k[0])
-    _set_threads(nt)
-
-
-cdef inline void bwd_item(const floating *x, const floating *dy, floating *dx,
-                          const Units *g, int64_t i, const double *center,
-                          const double *a, const double *b,
-                          const double *k) noexcept nogil:
-    cdef int64_t plane = i // g.pieces
-    cdef int64_t l0 = (i - plane * g.pieces) * g.piece
-    cdef int64_t ln = g.L - l0
-    cdef int64_t c = plane % g.C
-    cdef int64_t off = plane * g.L + l0
-    if ln > g.piece:
-        ln = g.piece
-    if floating is float:
-        fn_bwd_f32(x + off, dy + off, dx + off, ln, <float>center[c],
-                   <float>a[c], <float>b[c], <float>k[c])
-    else:
-        fn_bwd_f64(x + off, dy + off, dx + off, ln, center[c], a[c], b[c], k[c])
+    elementwise(OP_BWD, &x[0, 0, 0], &dy[0, 0, 0], &dx[0, 0, 0], x.shape[0],
+                x.shape[1], x.shape[2], 2, &center[0], &a[0], &b[0], &k[0])
 
 
 def batch_scale(const floating[:, :, ::1] dy, floating[:, :, ::1] dx,
@@ -381,35 +652,8 @@ def batch_scale(const floating[:, :, ::1] dy, floating[:, :, ::1] dx,
 
     IN dy (N, C, L); OUT dx (N, C, L), may be dy itself; IN a (C,) float64.
     """
-    cdef Units g = make_units(dy.shape[0], dy.shape[1], dy.shape[2])
-    cdef int64_t total = g.N * g.C * g.pieces, i
-    cdef int nt = threads_for(g.N * g.C * g.L)
-    cdef const floating *pg = &dy[0, 0, 0]
-    cdef floating *po = &dx[0, 0, 0]
-    with nogil:
-        if nt == 1:
-            for i in range(total):
-                scale_item(pg, po, &g, i, &a[0])
-        else:
-            for i in prange(total, num_threads=nt, schedule='static'):
-                note_threads()
-                scale_item(pg, po, &g, i, &a[0])
-    _set_threads(nt)
-
-
-cdef inline void scale_item(const floating *dy, floating *dx, const Units *g,
-                            int64_t i, const double *a) noexcept nogil:
-    cdef int64_t plane = i // g.pieces
-    cdef int64_t l0 = (i - plane * g.pieces) * g.piece
-    cdef int64_t ln = g.L - l0
-    cdef int64_t c = plane % g.C
-    cdef int64_t off = plane * g.L + l0
-    if ln > g.piece:
-        ln = g.piece
-    if floating is float:
-        fn_scale_f32(dy + off, dx + off, ln, <float>a[c])
-    else:
-        fn_scale_f64(dy + off, dx + off, ln, a[c])
+    elementwise(OP_SCALE, &dy[0, 0, 0], &dy[0, 0, 0], &dx[0, 0, 0], dy.shape[0],
+                dy.shape[1], dy.shape[2], 1, &a[0], &a[0], &a[0], &a[0])
 
 
 # --------------------------------------------------------------------------
@@ -428,7 +672,7 @@ def openmp_enabled():
 
 
 def max_threads():
-    """Threads a large kernel call would use now (omp_get_max_threads())."""
+    """Threads a large kernel call may use now (omp_get_max_threads())."""
     return omp_get_max_threads()
 
 
@@ -437,6 +681,9 @@ def threads_used():
     return g_threads_used
 
 
-def unit_size():
-    """Elements per statistics unit (a constant of the library)."""
-    return UNIT
+def geometry(N, C, L):
+    """The shape-only decomposition used for (N, C, L): a dict, for tests."""
+    cdef Units g = make_units(N, C, L)
+    return dict(rows_mode=bool(g.rows_mode), rows=g.rows, pieces=g.pieces,
+                piece=g.piece, channels_per_chunk=g.cw, per_channel=g.per_chan,
+                units=g.total)

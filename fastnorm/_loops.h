@@ -93,7 +93,52 @@ static inline void fn_scale_##SUF(const T *dy, T *dx, int64_t n, T a)         \
     for (int64_t i = 0; i < n; i++) dx[i] = a * dy[i];                        \
 }
 
+/* Row loops for small planes: element j of a row belongs to its own column,
+ * with per-column accumulators (acc*) and coefficients (arrays of n).  These
+ * vectorise across the contiguous row, whatever the plane length. */
+#define FN_ROW_LOOPS(T, SUF)                                                  \
+static inline void fn_rsum_##SUF(const T *x, double *acc, int64_t n)          \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++) acc[j] += (double)x[j];                   \
+}                                                                             \
+static inline void fn_rdev_##SUF(const T *x, const double *m, double *a,      \
+                                 double *b, int64_t n)                        \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++) {                                         \
+        double d = (double)x[j] - m[j];                                       \
+        a[j] += d;                                                            \
+        b[j] += d * d;                                                        \
+    }                                                                         \
+}                                                                             \
+static inline void fn_rdot_##SUF(const T *x, const T *dy, const double *m,    \
+                                 double *a, double *b, int64_t n)             \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++) {                                         \
+        double g = (double)dy[j];                                             \
+        a[j] += g;                                                            \
+        b[j] += g * ((double)x[j] - m[j]);                                    \
+    }                                                                         \
+}                                                                             \
+static inline void fn_raffine_##SUF(const T *x, T *y, const T *c, const T *s, \
+                                    const T *t, int64_t n)                    \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++) y[j] = (x[j] - c[j]) * s[j] + t[j];       \
+}                                                                             \
+static inline void fn_rbwd_##SUF(const T *x, const T *dy, T *dx, const T *c,  \
+                                 const T *a, const T *b, const T *k,          \
+                                 int64_t n)                                   \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++)                                           \
+        dx[j] = a[j] * dy[j] - b[j] * (x[j] - c[j]) - k[j];                   \
+}                                                                             \
+static inline void fn_rscale_##SUF(const T *dy, T *dx, const T *a, int64_t n) \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++) dx[j] = a[j] * dy[j];                     \
+}
+
 FN_LOOPS(float, f32)
 FN_LOOPS(double, f64)
+FN_ROW_LOOPS(float, f32)
+FN_ROW_LOOPS(double, f64)
 
 #endif

@@ -8,7 +8,8 @@ import reference as ref
 
 LAYERS = {2: fastnorm.BatchNorm1d, 3: fastnorm.BatchNorm1d, 4: fastnorm.BatchNorm2d,
           5: fastnorm.BatchNorm3d}
-SHAPES = [(7, 3), (4, 5, 9), (3, 4, 5, 6), (2, 3, 4, 5, 3), (2, 2, 70, 70), (3, 2, 4097)]
+SHAPES = [(7, 3), (4, 5, 9), (3, 4, 5, 6), (2, 3, 4, 5, 3), (2, 2, 70, 70), (3, 2, 4097),
+          (300, 530), (40, 70, 31), (1, 7, 5000)]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-11, atol=1e-11)}
 
 
@@ -243,11 +244,14 @@ def test_input_is_never_modified(rng):
 def test_large_offset_float32_is_accurate(rng):
     """1e4 + N(0, 1) in float32: y must match the float64 result of the
     same float32 data to float32 precision (a fused x*s + t would lose ~1e-3)."""
-    x = (1e4 + rng.normal(size=(16, 4, 32, 32))).astype(np.float32)
-    y = fastnorm.BatchNorm2d(4)(x)
-    ey = ref.batch_norm(x, training=True)[0]
-    err = np.abs(y - ey).max()
-    assert err < 5e-6, err
+    for x, layer in [((1e4 + rng.normal(size=(16, 4, 32, 32))).astype(np.float32),
+                      fastnorm.BatchNorm2d(4)),
+                     ((1e4 + rng.normal(size=(4000, 300))).astype(np.float32),
+                      fastnorm.BatchNorm1d(300))]:
+        y = layer(x)
+        ey = ref.batch_norm(x, training=True)[0]
+        err = np.abs(y - ey).max()
+        assert err < 5e-6, err
 
 
 def test_empty_batch_eval_returns_empty_train_raises():

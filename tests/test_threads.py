@@ -12,11 +12,14 @@ from threadpoolctl import threadpool_info, threadpool_limits
 import fastnorm
 from fastnorm import _kernels
 
-# Shapes just off the 4096-element unit boundaries, odd sample counts, a huge
-# plane with 3 channels, (N, C) input and many channels; each big enough
+# Shapes just off the unit boundaries, odd sample counts, a huge plane with 3
+# channels, (N, C) input and many channels; each big enough
 # (> 65536 elements) for a 2-thread call to use both threads.
 SHAPES = [(97, 3, 1000), (9, 3, 4095), (9, 3, 4096), (9, 3, 4097), (5, 3, 8193),
-          (1, 3, 1 << 18), (1001, 70), (3, 300, 257), (2, 4, 9, 31, 33), (3, 5, 101, 47)]
+          (1, 3, 1 << 18), (1001, 70), (3, 300, 257), (2, 4, 9, 31, 33), (3, 5, 101, 47),
+          # rows mode (planes shorter than 32): several channel chunks with a
+          # remainder, odd plane lengths, just below and at the switch
+          (257, 600), (33, 1100, 7), (300, 40, 31), (300, 40, 32)]
 LAYER = {2: fastnorm.BatchNorm1d, 3: fastnorm.BatchNorm1d, 4: fastnorm.BatchNorm2d,
          5: fastnorm.BatchNorm3d}
 
