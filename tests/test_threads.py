@@ -24,16 +24,24 @@ LAYER = {2: fastnorm.BatchNorm1d, 3: fastnorm.BatchNorm1d, 4: fastnorm.BatchNorm
          5: fastnorm.BatchNorm3d}
 
 
+SERIAL_ALLOWED = os.environ.get("FASTNORM_ALLOW_SERIAL") == "1"
+# Tests of the OpenMP runtime: skipped only for a deliberate serial build.
+needs_openmp = pytest.mark.skipif(
+    SERIAL_ALLOWED and not _kernels.openmp_enabled(),
+    reason="serial build allowed by FASTNORM_ALLOW_SERIAL=1")
+
+
 def test_built_with_openmp():
     """A build that should have OpenMP and lost it fails here.
 
     Set FASTNORM_ALLOW_SERIAL=1 only for a deliberate serial build (a
     compiler without OpenMP)."""
-    if os.environ.get("FASTNORM_ALLOW_SERIAL") == "1":
+    if SERIAL_ALLOWED:
         pytest.skip("serial build allowed by FASTNORM_ALLOW_SERIAL=1")
     assert _kernels.openmp_enabled(), "fastnorm._kernels was built without OpenMP"
 
 
+@needs_openmp
 def test_threadpoolctl_sees_and_limits_fastnorm_openmp():
     info = [i for i in threadpool_info() if i["user_api"] == "openmp"]
     assert info, f"no OpenMP runtime visible to threadpoolctl: {threadpool_info()}"
@@ -52,6 +60,7 @@ def _run(code, cwd, **env):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@needs_openmp
 def test_import_loads_openmp_runtime_and_omp_num_threads_is_obeyed(tmp_path):
     code = (
         "import json, numpy as np, threadpoolctl\n"
