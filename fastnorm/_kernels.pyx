@@ -108,6 +108,10 @@ cdef enum:
     ROW_COLS = 512      # rows mode: elements of a row per unit (whole channels)
     MIN_WORK = 32768    # fewest elements worth giving to one more thread
 
+cdef enum Red:
+    RED_MOMENTS = 0     # mean and biased variance of x
+    RED_DOT = 1         # sum(dy) and sum(dy * (x - mean))
+
 cdef enum Op:
     OP_AFFINE = 0       # out = (x - k0) * k1 + k2
     OP_BWD = 1          # out = k1 * dy - k2 * (x - k0) - k3
@@ -273,8 +277,19 @@ cdef inline void plane_dot(const floating *x, const floating *dy, const Units *g
 # --------------------------------------------------------------------------
 # Rows mode: unit i = row block (i // nk) x channel chunk (i % nk); its
 # partial for channel c is stored at c * per_chan + row block.
-# scratch: 3 * cw * L doubles, private to the calling thread.
+# scratch: 3 arrays of cw * L doubles, private to the calling thread.
 # --------------------------------------------------------------------------
+
+cdef inline int64_t rows_stride(const Units *g) noexcept nogil:
+    """Distance between the scratch arrays, padded by a cache line so that
+    arrays (and threads' scratch) are never a multiple of 4 KiB apart: loads
+    and stores 4 KiB apart falsely depend on each other."""
+    return g.cw * g.L + 8
+
+
+cdef inline int64_t rows_scratch(const Units *g) noexcept nogil:
+    """Doubles of scratch per thread (a multiple of 8, not of 512)."""
+    return 3 * rows_stride(g) + 8
 
 cdef inline void rows_moments(const floating *x, const Units *g, int64_t i,
                               double *pm, double *pm2,
@@ -293,8 +308,8 @@ cdef inline void rows_moments(const floating *x, const Units *g, int64_t i,
     if c1 > g.C:
         c1 = g.C
     W = (c1 - c0) * g.L
-    acc2 = scratch + W
-    mj = scratch + 2 * W
+    acc2 = scratch + rows_stride(g)
+    mj = scratch + 2 * rows_stride(g)
     cnt = <double>((n1 - n0) * g.L)
     memset(acc, 0, W * sizeof(double))
     for n in range(n0, n1):
@@ -310,7 +325,8 @@ cdef inline void rows_moments(const floating *x, const Units *g, int64_t i,
         s = s / cnt
         for l in range(g.L):
             mj[c * g.L + l] = s
-    memset(acc, 0, 2 * W * sizeof(double))
+    memset(acc, 0, W * sizeof(double))
+    memset(acc2, 0, W * sizeof(double))
     for n in range(n0, n1):
         p = x + n * stride + c0 * g.L
         if floating is float:
@@ -346,12 +362,13 @@ cdef inline void rows_dot(const floating *x, const floating *dy, const Units *g,
     if c1 > g.C:
         c1 = g.C
     W = (c1 - c0) * g.L
-    acc2 = scratch + W
-    mj = scratch + 2 * W
+    acc2 = scratch + rows_stride(g)
+    mj = scratch + 2 * rows_stride(g)
     for c in range(c1 - c0):
         for l in range(g.L):
             mj[c * g.L + l] = mean[c0 + c]
-    memset(acc, 0, 2 * W * sizeof(double))
+    memset(acc, 0, W * sizeof(double))
+    memset(acc2, 0, W * sizeof(double))
     for n in range(n0, n1):
         off = n * stride + c0 * g.L
         if floating is float:
@@ -406,43 +423,69 @@ cdef inline void sum_merge(const Units *g, int64_t c, const double *pa,
 # Reductions
 # --------------------------------------------------------------------------
 
+cdef int reduction(int op, const floating *x, const floating *dy,
+                   const double *mean, int64_t N, int64_t C, int64_t L,
+                   double *a, double *b) except -1:
+    """Per-channel reduction of (N, C, L), N * L > 0, into a and b (C,).
+
+    RED_MOMENTS: a = mean, b = biased variance of x.
+    RED_DOT: a = sum(dy), b = sum(dy * (x - mean)).
+    Partials of every unit, then an ordered merge per channel.
+    """
+    cdef Units g = make_units(N, C, L)
+    cdef int64_t i, c
+    cdef int nt = threads_for((2 if op == RED_DOT else 1) * N * C * L, g.total)
+    cdef double *pa = <double *>malloc(2 * C * g.per_chan * sizeof(double))
+    cdef double *pb
+    cdef double *scratch
+    cdef bint failed = False
+    if pa == NULL:
+        raise MemoryError()
+    pb = pa + C * g.per_chan
+    with nogil:
+        if g.rows_mode:
+            with parallel(num_threads=nt):
+                # each thread's scratch from its own allocation (measured
+                # faster than slices of one block); a thread whose malloc
+                # failed still takes part in the loop, doing nothing, so the
+                # team never waits on it
+                scratch = <double *>malloc(rows_scratch(&g) * sizeof(double))
+                if scratch == NULL:
+                    failed = True
+                note_threads(nt)
+                for i in prange(g.total, schedule='static'):
+                    if scratch != NULL:
+                        if op == RED_MOMENTS:
+                            rows_moments(x, &g, i, pa, pb, scratch)
+                        else:
+                            rows_dot(x, dy, &g, i, mean, pa, pb, scratch)
+                free(scratch)
+        else:
+            for i in prange(g.total, num_threads=nt, schedule='static'):
+                note_threads(nt)
+                if op == RED_MOMENTS:
+                    plane_moments(x, &g, i, pa, pb)
+                else:
+                    plane_dot(x, dy, &g, i, mean, pa, pb)
+        if not failed:
+            for c in prange(C, num_threads=nt, schedule='static'):
+                if op == RED_MOMENTS:
+                    chan_merge(&g, c, pa, pb, a, b)
+                else:
+                    sum_merge(&g, c, pa, pb, a, b)
+    free(pa)
+    if failed:
+        raise MemoryError()
+    return 0
+
+
 def batch_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var):
     """Per-channel mean and biased variance of x (N, C, L), N * L > 0.
 
     IN x; OUT mean (C,), var (C,): float64.
     """
-    cdef Units g = make_units(x.shape[0], x.shape[1], x.shape[2])
-    cdef int64_t i, c
-    cdef int nt = threads_for(g.N * g.C * g.L, g.total)
-    cdef const floating *px = &x[0, 0, 0]
-    cdef double *pm = <double *>malloc(2 * g.C * g.per_chan * sizeof(double))
-    cdef double *pm2
-    cdef double *scratch = NULL
-    cdef bint failed = False
-    if pm == NULL:
-        raise MemoryError()
-    pm2 = pm + g.C * g.per_chan
-    with nogil:
-        if not g.rows_mode:
-            for i in prange(g.total, num_threads=nt, schedule='static'):
-                note_threads(nt)
-                plane_moments(px, &g, i, pm, pm2)
-        else:
-            with parallel(num_threads=nt):
-                scratch = <double *>malloc(3 * g.cw * g.L * sizeof(double))
-                if scratch == NULL:
-                    failed = True
-                else:
-                    note_threads(nt)
-                    for i in prange(g.total, schedule='static'):
-                        rows_moments(px, &g, i, pm, pm2, scratch)
-                    free(scratch)
-        if not failed:
-            for c in prange(g.C, num_threads=nt, schedule='static'):
-                chan_merge(&g, c, pm, pm2, &mean[0], &var[0])
-    free(pm)
-    if failed:
-        raise MemoryError()
+    reduction(RED_MOMENTS, &x[0, 0, 0], NULL, NULL, x.shape[0], x.shape[1],
+              x.shape[2], &mean[0], &var[0])
 
 
 def batch_bwd_sums(const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
@@ -452,40 +495,8 @@ def batch_bwd_sums(const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
 
     IN x, dy (N, C, L), N * L > 0; IN mean (C,); OUT sum_dy, sum_dyx (C,).
     """
-    cdef Units g = make_units(x.shape[0], x.shape[1], x.shape[2])
-    cdef int64_t i, c
-    cdef int nt = threads_for(2 * g.N * g.C * g.L, g.total)
-    cdef const floating *px = &x[0, 0, 0]
-    cdef const floating *pg = &dy[0, 0, 0]
-    cdef const double *pmean = &mean[0]
-    cdef double *pa = <double *>malloc(2 * g.C * g.per_chan * sizeof(double))
-    cdef double *pb
-    cdef double *scratch = NULL
-    cdef bint failed = False
-    if pa == NULL:
-        raise MemoryError()
-    pb = pa + g.C * g.per_chan
-    with nogil:
-        if not g.rows_mode:
-            for i in prange(g.total, num_threads=nt, schedule='static'):
-                note_threads(nt)
-                plane_dot(px, pg, &g, i, pmean, pa, pb)
-        else:
-            with parallel(num_threads=nt):
-                scratch = <double *>malloc(3 * g.cw * g.L * sizeof(double))
-                if scratch == NULL:
-                    failed = True
-                else:
-                    note_threads(nt)
-                    for i in prange(g.total, schedule='static'):
-                        rows_dot(px, pg, &g, i, pmean, pa, pb, scratch)
-                    free(scratch)
-        if not failed:
-            for c in prange(g.C, num_threads=nt, schedule='static'):
-                sum_merge(&g, c, pa, pb, &sum_dy[0], &sum_dyx[0])
-    free(pa)
-    if failed:
-        raise MemoryError()
+    reduction(RED_DOT, &x[0, 0, 0], &dy[0, 0, 0], &mean[0], x.shape[0],
+              x.shape[1], x.shape[2], &sum_dy[0], &sum_dyx[0])
 
 
 # --------------------------------------------------------------------------
