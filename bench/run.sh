@@ -6,3 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 fastnorm-bench --threads 1,2 --repeat 21 --json latest.json "$@" | tee latest.txt
+python3 update_readme.py
