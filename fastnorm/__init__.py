@@ -11,11 +11,13 @@ from importlib.metadata import PackageNotFoundError, version as _version
 # threadpoolctl sees (and can limit) it as soon as fastnorm is imported.
 from . import _kernels  # noqa: F401
 from . import functional
-from ._modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from ._modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d,
+                       InstanceNorm2d, InstanceNorm3d)
 
 try:
     __version__ = _version("fastnorm")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "functional", "__version__"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d",
+           "InstanceNorm3d", "GroupNorm", "functional", "__version__"]

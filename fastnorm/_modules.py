@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import _batch_norm as _bn
+from . import _group_norm as _gn
 from . import _checks as ck
 
 
@@ -86,14 +87,18 @@ class Module:
         return missing, unexpected
 
 
-class _BatchNorm(Module):
-    _ndims = (2, 3, 4, 5)
-    _layout = "(N, C, *)"
+class _NormBase(Module):
+    """Per-channel affine parameters and running statistics (BatchNorm,
+    InstanceNorm): PyTorch's constructor and state."""
+
+    _ndims = ()
+    _unbatched_ndim = None      # rank of an unbatched (C, *) input, if accepted
+    _layout = ""
     _param_names = ("weight", "bias")
     _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, *, bias=True, dtype=np.float32):
+    def __init__(self, num_features, eps, momentum, affine, track_running_stats,
+                 bias, dtype):
         where = type(self).__name__
         self.num_features = ck.positive_int(num_features, "num_features", where)
         self.eps = ck.eps_value(eps, where)
@@ -144,12 +149,39 @@ class _BatchNorm(Module):
                 f"{where}: input has dtype {x.dtype} but the layer's dtype is "
                 f"{self.dtype}; convert the input or build the layer with dtype=np.{x.dtype}"
             )
-        if x.shape[1] != self.num_features:
+        cdim = 0 if x.ndim == self._unbatched_ndim else 1
+        if x.shape[cdim] != self.num_features:
             raise ValueError(
-                f"{where}: expected input with {self.num_features} channels (dim 1), "
-                f"got {x.shape[1]} channels in input of shape {ck.shape_str(x.shape)}"
+                f"{where}: expected input with {self.num_features} channels (dim "
+                f"{cdim}), got {x.shape[cdim]} channels in input of shape "
+                f"{ck.shape_str(x.shape)}"
             )
         return x
+
+    def _next_count(self, update):
+        return int(self.num_batches_tracked) + 1 if update else None
+
+    def _saved_for_backward(self, where):
+        if self._saved is None:
+            raise RuntimeError(f"{where}: no forward call to take gradients of; call the layer first")
+        if self._saved_training != self.training:
+            was = "training" if self._saved_training else "eval"
+            now = "training" if self.training else "eval"
+            raise RuntimeError(
+                f"{where}: the last forward ran in {was} mode but the layer is now in "
+                f"{now} mode; run forward again in the mode to differentiate"
+            )
+        return self._saved
+
+
+class _BatchNorm(_NormBase):
+    _ndims = (2, 3, 4, 5)
+    _layout = "(N, C, *)"
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, bias=True, dtype=np.float32):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         bias, dtype)
 
     def forward(self, x, out=None):
         """Normalise x; `out` (optional) receives y and may be x itself."""
@@ -158,9 +190,7 @@ class _BatchNorm(Module):
         batch_stats = self.training or self.running_mean is None
         update = self.training and self.track_running_stats
         momentum = ck.momentum_value(self.momentum, where)
-        nbt = None
-        if update:
-            nbt = int(self.num_batches_tracked) + 1
+        nbt = self._next_count(update)
         y, saved = _bn.forward(where, x, self.running_mean, self.running_var,
                                self.weight, self.bias, batch_stats, update,
                                momentum, self.eps, out, nbt)
@@ -178,16 +208,8 @@ class _BatchNorm(Module):
         receives the input gradient.
         """
         where = f"{type(self).__name__}.backward"
-        if self._saved is None:
-            raise RuntimeError(f"{where}: no forward call to take gradients of; call the layer first")
-        if self._saved_training != self.training:
-            was = "training" if self._saved_training else "eval"
-            now = "training" if self.training else "eval"
-            raise RuntimeError(
-                f"{where}: the last forward ran in {was} mode but the layer is now in "
-                f"{now} mode; run forward again in the mode to differentiate"
-            )
-        dx, gw, gb = _bn.backward(where, grad_output, self._saved, self.weight,
+        saved = self._saved_for_backward(where)
+        dx, gw, gb = _bn.backward(where, grad_output, saved, self.weight,
                                   self.weight is not None, self.bias is not None, out)
         self.weight_grad, self.bias_grad = gw, gb
         return dx
@@ -209,3 +231,153 @@ class BatchNorm3d(_BatchNorm):
     """Batch normalisation over (N, C, D, H, W) input."""
     _ndims = (5,)
     _layout = "(N, C, D, H, W)"
+
+
+class _InstanceNorm(_NormBase):
+    """Instance normalisation: statistics per (sample, channel) over the
+    spatial dims.  Accepts unbatched input (C, *spatial) like PyTorch.
+
+    Unlike PyTorch, momentum=None is the cumulative average over
+    num_batches_tracked, as in BatchNorm (PyTorch leaves the running
+    statistics at their initial values then), and num_batches_tracked counts
+    training batches when tracking.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False,
+                 track_running_stats=False, *, bias=True, dtype=np.float32):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         bias, dtype)
+
+    def forward(self, x, out=None):
+        """Normalise x; `out` (optional) receives y and may be x itself."""
+        where = type(self).__name__
+        x = self._check_input(x, where)
+        unbatched = x.ndim == self._unbatched_ndim
+        xb = x[None] if unbatched else x
+        ob = out
+        if unbatched and isinstance(out, np.ndarray) and out.shape == x.shape:
+            ob = out[None]
+        instance_stats = self.training or not self.track_running_stats
+        update = self.training and self.track_running_stats
+        momentum = ck.momentum_value(self.momentum, where)
+        if instance_stats:
+            nbt = self._next_count(update)
+            y, saved = _gn.instance_forward(where, xb, self.running_mean,
+                                            self.running_var, self.weight, self.bias,
+                                            update, momentum, self.eps, ob, nbt)
+            if update and xb.shape[0] > 0:
+                self.num_batches_tracked[...] = nbt
+        else:
+            y, saved = _bn.forward(where, xb, self.running_mean, self.running_var,
+                                   self.weight, self.bias, False, False, momentum,
+                                   self.eps, ob)
+        self._saved = (saved, unbatched)
+        self._saved_training = self.training
+        return y[0] if unbatched else y
+
+    def backward(self, grad_output):
+        """Input gradient of the last forward call; stores weight_grad, bias_grad."""
+        where = f"{type(self).__name__}.backward"
+        saved, unbatched = self._saved_for_backward(where)
+        g = ck.as_float_array(grad_output, "grad_output", where)
+        if unbatched:
+            if g.shape != saved.shape[1:]:
+                raise ValueError(
+                    f"{where}: grad_output has shape {ck.shape_str(g.shape)}, expected "
+                    f"{ck.shape_str(saved.shape[1:])} (the shape of the forward input)"
+                )
+            g = g[None]
+        need_w, need_b = self.weight is not None, self.bias is not None
+        if isinstance(saved, _gn.SavedGroups):
+            dx, gw, gb = _gn.backward(where, g, saved, self.weight, need_w, need_b)
+        else:
+            dx, gw, gb = _bn.backward(where, g, saved, self.weight, need_w, need_b)
+        self.weight_grad, self.bias_grad = gw, gb
+        return dx[0] if unbatched else dx
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """Instance normalisation over (N, C, L) or unbatched (C, L) input."""
+    _ndims = (2, 3)
+    _unbatched_ndim = 2
+    _layout = "(N, C, L) or (C, L)"
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance normalisation over (N, C, H, W) or unbatched (C, H, W) input."""
+    _ndims = (3, 4)
+    _unbatched_ndim = 3
+    _layout = "(N, C, H, W) or (C, H, W)"
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """Instance normalisation over (N, C, D, H, W) or unbatched (C, D, H, W) input."""
+    _ndims = (4, 5)
+    _unbatched_ndim = 4
+    _layout = "(N, C, D, H, W) or (C, D, H, W)"
+
+
+class GroupNorm(Module):
+    """Group normalisation: statistics per (sample, group of channels) over the
+    group's channels and all spatial dims; affine per channel.  Input (N, C, *)."""
+
+    _param_names = ("weight", "bias")
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, bias=True,
+                 dtype=np.float32):
+        where = type(self).__name__
+        self.num_groups = ck.positive_int(num_groups, "num_groups", where)
+        self.num_channels = ck.positive_int(num_channels, "num_channels", where)
+        if self.num_channels % self.num_groups:
+            raise ValueError(
+                f"{where}: num_channels ({self.num_channels}) must be divisible by "
+                f"num_groups ({self.num_groups})"
+            )
+        self.eps = ck.eps_value(eps, where)
+        self.affine = bool(affine)
+        self.dtype = ck.float_dtype(dtype, where)
+        C, dt = self.num_channels, self.dtype
+        self.weight = np.ones(C, dt) if self.affine else None
+        self.bias = np.zeros(C, dt) if (self.affine and bias) else None
+        self.training = True
+        self.weight_grad = None
+        self.bias_grad = None
+        self._saved = None
+
+    def reset_parameters(self):
+        if self.weight is not None:
+            self.weight[...] = 1
+        if self.bias is not None:
+            self.bias[...] = 0
+
+    def __repr__(self):
+        return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
+                f"affine={self.affine}, bias={self.bias is not None})")
+
+    def forward(self, x, out=None):
+        """Normalise x (same in training and eval); `out` may be x itself."""
+        where = type(self).__name__
+        x = _bn.check_input(x, where, range(2, 64), layout="(N, C, *)")
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{where}: input has dtype {x.dtype} but the layer's dtype is "
+                f"{self.dtype}; convert the input or build the layer with dtype=np.{x.dtype}"
+            )
+        if x.shape[1] != self.num_channels:
+            raise ValueError(
+                f"{where}: expected input with {self.num_channels} channels (dim 1), "
+                f"got {x.shape[1]} channels in input of shape {ck.shape_str(x.shape)}"
+            )
+        y, self._saved = _gn.group_forward(where, x, self.num_groups, self.weight,
+                                           self.bias, self.eps, out)
+        return y
+
+    def backward(self, grad_output):
+        """Input gradient of the last forward call; stores weight_grad, bias_grad."""
+        where = "GroupNorm.backward"
+        if self._saved is None:
+            raise RuntimeError(f"{where}: no forward call to take gradients of; call the layer first")
+        dx, gw, gb = _gn.backward(where, grad_output, self._saved, self.weight,
+                                  self.weight is not None, self.bias is not None)
+        self.weight_grad, self.bias_grad = gw, gb
+        return dx

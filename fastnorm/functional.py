@@ -5,8 +5,10 @@ and the forward's arguments and returns ``(grad_input, grad_weight,
 grad_bias)``, with None for a parameter that was not given.
 """
 from . import _batch_norm as _bn
+from . import _group_norm as _gn
 
-__all__ = ["batch_norm", "batch_norm_backward"]
+__all__ = ["batch_norm", "batch_norm_backward", "instance_norm", "instance_norm_backward",
+           "group_norm", "group_norm_backward"]
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None,
@@ -69,3 +71,66 @@ def batch_norm_backward(grad_output, input, running_mean, running_var,
 
 def _momentum(momentum, where):
     return _bn.ck.momentum_value(momentum, where, allow_none=False)
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5, *, out=None):
+    """Instance normalisation of input (N, C, *), as torch.nn.functional.instance_norm.
+
+    use_input_stats=True: statistics per (sample, channel) over the spatial
+    dims (more than one spatial element needed); the batch averages of the
+    instance means and unbiased variances are folded into running_mean /
+    running_var in place when those are given.  use_input_stats=False: the
+    running statistics normalise, as in eval-mode batch norm.
+    """
+    where = "instance_norm"
+    x = _bn.check_input(input, where, range(3, 64), layout="(N, C, *spatial)")
+    if use_input_stats:
+        if (running_mean is None) != (running_var is None):
+            raise ValueError(f"{where}: give both running_mean and running_var, or neither")
+        momentum = _momentum(momentum, where)
+        y, _ = _gn.instance_forward(where, x, running_mean, running_var, weight, bias,
+                                    running_mean is not None, momentum, eps, out)
+        return y
+    if running_mean is None or running_var is None:
+        raise ValueError(
+            f"{where}: running_mean and running_var must be given when use_input_stats=False")
+    y, _ = _bn.forward(where, x, running_mean, running_var, weight, bias,
+                       batch_stats=False, update=False, momentum=0.0, eps=eps, out=out)
+    return y
+
+
+def instance_norm_backward(grad_output, input, running_mean=None, running_var=None,
+                           weight=None, bias=None, use_input_stats=True, eps=1e-5):
+    """Gradients of instance_norm(input, ...) called with the same arguments:
+    (grad_input, grad_weight or None, grad_bias or None).  Running statistics
+    are neither changed nor (with use_input_stats=True) used."""
+    where = "instance_norm_backward"
+    x = _bn.check_input(input, where, range(3, 64), layout="(N, C, *spatial)")
+    if not use_input_stats:
+        return batch_norm_backward(grad_output, x, running_mean, running_var, weight,
+                                   bias, training=False, eps=eps)
+    saved = _gn.saved_for_backward(where, x, x.shape[1], weight, bias, eps, instance=True)
+    return _gn.backward(where, grad_output, saved, weight, weight is not None,
+                        bias is not None)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, out=None):
+    """Group normalisation of input (N, C, *), as torch.nn.functional.group_norm:
+    statistics per (sample, group of C / num_groups channels), affine per channel."""
+    where = "group_norm"
+    x = _bn.check_input(input, where, range(2, 64), layout="(N, C, *)")
+    groups = _bn.ck.positive_int(num_groups, "num_groups", where)
+    y, _ = _gn.group_forward(where, x, groups, weight, bias, eps, out)
+    return y
+
+
+def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, eps=1e-5):
+    """Gradients of group_norm(input, ...) called with the same arguments:
+    (grad_input, grad_weight or None, grad_bias or None)."""
+    where = "group_norm_backward"
+    x = _bn.check_input(input, where, range(2, 64), layout="(N, C, *)")
+    groups = _bn.ck.positive_int(num_groups, "num_groups", where)
+    saved = _gn.saved_for_backward(where, x, groups, weight, bias, eps, instance=False)
+    return _gn.backward(where, grad_output, saved, weight, weight is not None,
+                        bias is not None)

@@ -63,3 +63,59 @@ def batch_norm_backward(dy, x, mean, var, weight=None, training=True, eps=1e-5):
     else:
         dx = dxhat * invstd
     return dx, (dy * xhat).sum(axis=ax), dy.sum(axis=ax)
+
+
+def group_norm(x, groups, weight=None, bias=None, eps=1e-5):
+    """Returns (y, mean, var) in float64; mean, var of shape (N, groups)."""
+    x = np.asarray(x, np.float64)
+    N, C = x.shape[:2]
+    xg = x.reshape(N, groups, -1)
+    mean = xg.mean(axis=2)
+    var = ((xg - mean[..., None]) ** 2).mean(axis=2)
+    y = ((xg - mean[..., None]) / np.sqrt(var[..., None] + eps)).reshape(x.shape)
+    if weight is not None:
+        y = y * _bcast(weight, x.ndim)
+    if bias is not None:
+        y = y + _bcast(bias, x.ndim)
+    return y, mean, var
+
+
+def group_norm_backward(dy, x, groups, weight=None, eps=1e-5):
+    """(dx, dweight, dbias) of sum(dy * group_norm(x)) in float64."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    N, C = x.shape[:2]
+    _, mean, var = group_norm(x, groups, eps=eps)
+    invstd = 1.0 / np.sqrt(var + eps)
+    xg = x.reshape(N, groups, -1)
+    xhat = (xg - mean[..., None]) * invstd[..., None]
+    w = _bcast(weight, x.ndim) if weight is not None else 1.0
+    dxhat = (dy * w).reshape(N, groups, -1)
+    m = xg.shape[2]
+    dx = invstd[..., None] / m * (m * dxhat - dxhat.sum(axis=2, keepdims=True)
+                                  - xhat * (dxhat * xhat).sum(axis=2, keepdims=True))
+    ax = _axes(x)
+    xhat = xhat.reshape(x.shape)
+    return dx.reshape(x.shape), (dy * xhat).sum(axis=ax), dy.sum(axis=ax)
+
+
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5, num_batches_tracked=None):
+    """Returns (y, new_running_mean, new_running_var) in float64.
+
+    With instance statistics, the running statistics move towards the batch
+    average of the instance means and unbiased variances.
+    """
+    x = np.asarray(x, np.float64)
+    C = x.shape[1]
+    if not use_input_stats:
+        return batch_norm(x, running_mean, running_var, weight, bias, False, eps=eps)[:3]
+    y, mean, var = group_norm(x, C, weight, bias, eps)
+    new_rm = None if running_mean is None else np.array(running_mean, np.float64)
+    new_rv = None if running_var is None else np.array(running_var, np.float64)
+    if new_rm is not None:
+        n = x[0, 0].size
+        f = momentum if momentum is not None else 1.0 / num_batches_tracked
+        new_rm = (1 - f) * new_rm + f * mean.mean(axis=0)
+        new_rv = (1 - f) * new_rv + f * (var * n / (n - 1)).mean(axis=0)
+    return y, new_rm, new_rv

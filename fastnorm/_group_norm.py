@@ -1,0 +1,196 @@
+"""Normalisation over groups of channels of each sample: GroupNorm, and
+InstanceNorm (one channel per group).
+
+x (N, C, L) is viewed as (1, N * G, (C / G) * L): each group of a sample is
+one "channel" of the batch-norm kernels, so statistics, their thread-count
+invariance and the backward sums come from the same code.  Elementwise passes
+run over (1, N * C, L) with coefficients per (sample, channel).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _checks as ck
+from . import _kernels
+
+
+@dataclass
+class SavedGroups:
+    x3: np.ndarray          # input as contiguous (N, C, L)
+    shape: tuple            # input's shape as the caller gave it
+    groups: int
+    mean: np.ndarray        # float64 (N * G,)
+    invstd: np.ndarray      # float64 (N * G,)
+    overwritten: bool       # out= was the input
+
+
+def statistics(x3, groups, eps):
+    """(mean, biased var, invstd) per (sample, group), float64 (N * G,)."""
+    N, C, L = x3.shape
+    xg = x3.reshape(1, N * groups, (C // groups) * L)
+    mean = np.empty(N * groups)
+    var = np.empty(N * groups)
+    _kernels.batch_stats(xg, mean, var)
+    return mean, var, 1.0 / np.sqrt(var + eps)
+
+
+def normalise(x3, y3, groups, mean, invstd, weight, bias):
+    """y3 = (x3 - mean) * invstd * weight[c] + bias[c], per (sample, group)."""
+    N, C, L = x3.shape
+    cg = C // groups
+    dt = x3.dtype
+    mean_nc = np.repeat(mean, cg)
+    scale = np.repeat(invstd, cg)
+    if weight is not None:
+        scale *= np.tile(weight, N)
+    center = mean_nc.astype(dt).astype(np.float64)
+    shift = (center - mean_nc) * scale
+    if bias is not None:
+        shift += np.tile(bias, N)
+    _kernels.batch_affine(x3.reshape(1, N * C, L), y3.reshape(1, N * C, L),
+                          center, scale, shift)
+
+
+def backward(where, grad_output, saved, weight, need_weight, need_bias):
+    """(grad_input, grad_weight, grad_bias) of a group/instance normalisation
+    whose statistics came from its input."""
+    x3 = saved.x3
+    dt = x3.dtype
+    if saved.overwritten:
+        raise RuntimeError(
+            f"{where}: the forward call wrote its output over its input (out=x), "
+            "so the input needed by backward is gone; run forward without "
+            "out=x to take gradients"
+        )
+    g = ck.as_float_array(grad_output, "grad_output", where)
+    if g.shape != tuple(saved.shape):
+        raise ValueError(
+            f"{where}: grad_output has shape {ck.shape_str(g.shape)}, expected "
+            f"{ck.shape_str(saved.shape)} (the shape of the forward input)"
+        )
+    ck.check_dtype_match(g, dt, "grad_output", where)
+    N, C, L = x3.shape
+    G = saved.groups
+    cg = C // G
+    if weight is not None:
+        weight = ck.param(weight, "weight", C, dt, where)
+    dx = np.empty(saved.shape, dtype=dt)
+    if g.size == 0:
+        z = np.zeros(C, dtype=dt)
+        return dx, (z if need_weight else None), (z.copy() if need_bias else None)
+    g3 = np.ascontiguousarray(g).reshape(1, N * C, L)
+    xf = x3.reshape(1, N * C, L)
+
+    mean_nc = np.repeat(saved.mean, cg)
+    inv_nc = np.repeat(saved.invstd, cg)
+    s1 = np.empty(N * C)    # sum of dy per (n, c)
+    s2 = np.empty(N * C)    # sum of dy * (x - mean) per (n, c)
+    _kernels.batch_bwd_sums(xf, g3, mean_nc, s1, s2)
+
+    w_nc = np.tile(weight.astype(np.float64), N) if weight is not None else np.ones(N * C)
+    m = cg * L
+    sum_dxhat = (w_nc * s1).reshape(N * G, cg).sum(axis=1)
+    sum_dxhat_xmu = (w_nc * s2).reshape(N * G, cg).sum(axis=1)
+    a = w_nc * inv_nc
+    b = np.repeat(saved.invstd ** 3 * sum_dxhat_xmu / m, cg)
+    k = np.repeat(saved.invstd * sum_dxhat / m, cg)
+    center = mean_nc.astype(dt).astype(np.float64)
+    k += b * (center - mean_nc)
+    _kernels.batch_bwd_input(xf, g3, dx.reshape(1, N * C, L), center, a, b, k)
+
+    gw = (inv_nc * s2).reshape(N, C).sum(axis=0).astype(dt) if need_weight else None
+    gb = s1.reshape(N, C).sum(axis=0).astype(dt) if need_bias else None
+    return dx, gw, gb
+
+
+def _prepare(where, x, C, weight, bias, eps, out):
+    dt = x.dtype
+    eps = ck.eps_value(eps, where)
+    weight = ck.param(weight, "weight", C, dt, where)
+    bias = ck.param(bias, "bias", C, dt, where)
+    out = ck.out_array(out, x.shape, dt, x, where)
+    return eps, weight, bias, out
+
+
+def group_forward(where, x, groups, weight, bias, eps, out):
+    """GroupNorm of a checked input x (N, C, *). Returns (y, SavedGroups)."""
+    from ._batch_norm import as_ncl
+
+    C = x.shape[1]
+    if C % groups:
+        raise ValueError(
+            f"{where}: input has {C} channels, not divisible into {groups} groups"
+        )
+    eps, weight, bias, out = _prepare(where, x, C, weight, bias, eps, out)
+    x3 = as_ncl(x)
+    y = out if out is not None else np.empty(x.shape, dtype=x.dtype)
+    if x.size == 0:
+        return y, SavedGroups(x3, x.shape, groups, np.zeros(0), np.zeros(0), False)
+    mean, _, invstd = statistics(x3, groups, eps)
+    normalise(x3, y.reshape(x3.shape), groups, mean, invstd, weight, bias)
+    return y, SavedGroups(x3, x.shape, groups, mean, invstd,
+                          out is not None and np.may_share_memory(out, x3))
+
+
+def instance_forward(where, x, running_mean, running_var, weight, bias,
+                     update, momentum, eps, out, nbt=None):
+    """InstanceNorm with per-instance statistics of a checked input x (N, C, *).
+
+    update: fold the batch average of the instance statistics into the
+    running ones (unbiased variance), with momentum, or with 1 / nbt when
+    momentum is None.  Returns (y, SavedGroups).
+    """
+    from ._batch_norm import as_ncl
+
+    N, C = x.shape[:2]
+    L = 1
+    for s in x.shape[2:]:
+        L *= s
+    if L <= 1:
+        raise ValueError(
+            f"{where}: expected more than 1 spatial element when using instance "
+            f"statistics, got input of shape {ck.shape_str(x.shape)}"
+        )
+    eps, weight, bias, out = _prepare(where, x, C, weight, bias, eps, out)
+    dt = x.dtype
+    running_mean = ck.buffer(running_mean, "running_mean", C, dt, where, update)
+    running_var = ck.buffer(running_var, "running_var", C, dt, where, update)
+    if update and running_mean is not None and momentum is not None:
+        momentum = ck.momentum_value(momentum, where, allow_none=False)
+    x3 = as_ncl(x)
+    y = out if out is not None else np.empty(x.shape, dtype=dt)
+    if N == 0:  # no instances: nothing to normalise, nothing to average
+        return y, SavedGroups(x3, x.shape, C, np.zeros(0), np.zeros(0), False)
+    mean, var, invstd = statistics(x3, C, eps)
+    normalise(x3, y.reshape(x3.shape), C, mean, invstd, weight, bias)
+    if update and running_mean is not None:
+        f = momentum if momentum is not None else 1.0 / nbt
+        batch_mean = mean.reshape(N, C).mean(axis=0)
+        batch_var = (var * (L / (L - 1))).reshape(N, C).mean(axis=0)
+        running_mean[...] = (1.0 - f) * running_mean + f * batch_mean
+        running_var[...] = (1.0 - f) * running_var + f * batch_var
+    return y, SavedGroups(x3, x.shape, C, mean, invstd,
+                          out is not None and np.may_share_memory(out, x3))
+
+
+def saved_for_backward(where, x, groups, weight, bias, eps, instance):
+    """Checks and statistics of a forward call, without its output: what a
+    functional *_backward needs (one pass over x instead of two)."""
+    from ._batch_norm import as_ncl
+
+    N, C = x.shape[:2]
+    if C % groups:
+        raise ValueError(
+            f"{where}: input has {C} channels, not divisible into {groups} groups"
+        )
+    if instance and int(np.prod(x.shape[2:])) <= 1:
+        raise ValueError(
+            f"{where}: expected more than 1 spatial element when using instance "
+            f"statistics, got input of shape {ck.shape_str(x.shape)}"
+        )
+    eps, _, _, _ = _prepare(where, x, C, weight, bias, eps, None)
+    x3 = as_ncl(x)
+    if x.size == 0:
+        return SavedGroups(x3, x.shape, groups, np.zeros(0), np.zeros(0), False)
+    mean, _, invstd = statistics(x3, groups, eps)
+    return SavedGroups(x3, x.shape, groups, mean, invstd, False)
