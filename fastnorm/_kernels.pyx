@@ -98,6 +98,20 @@ cdef extern from "_loops.h" nogil:
                      const double *a, const double *b, const double *k, int64_t n)
     void fn_rscale_f32(const float *dy, float *dx, const float *a, int64_t n)
     void fn_rscale_f64(const double *dy, double *dx, const double *a, int64_t n)
+    void fn_lnaff_f32(const float *x, float *y, int64_t n, float c, float s, float t,
+                      const float *w, const float *b)
+    void fn_lnaff_f64(const double *x, double *y, int64_t n, double c, double s,
+                      double t, const double *w, const double *b)
+    void fn_lnbwd_f32(const float *x, const float *dy, float *dx, int64_t n,
+                      const float *w, float c, float a, float q, float k)
+    void fn_lnbwd_f64(const double *x, const double *dy, double *dx, int64_t n,
+                      const double *w, double c, double a, double q, double k)
+    void fn_lnsums_f32(const float *x, const float *dy, const float *w, int64_t n,
+                       double m, double inv, double *A, double *B, double *c1,
+                       double *c2)
+    void fn_lnsums_f64(const double *x, const double *dy, const double *w, int64_t n,
+                       double m, double inv, double *A, double *B, double *c1,
+                       double *c2)
 
 # The unit geometry is part of the library's definition of its results: a
 # change moves the last bits of results (not their accuracy).
@@ -107,6 +121,7 @@ cdef enum:
     ROW_COUNT = 256     # rows mode: samples x plane length per unit
     ROW_COLS = 512      # rows mode: elements of a row per unit (whole channels)
     MIN_WORK = 32768    # fewest elements worth giving to one more thread
+    LAYER_ROWS = 64     # layer backward: rows per block of column partials
 
 cdef enum Red:
     RED_MOMENTS = 0     # mean and biased variance of x
@@ -635,6 +650,169 @@ def batch_scale(const floating[:, :, ::1] dy, floating[:, :, ::1] dx,
     """
     elementwise(OP_SCALE, &dy[0, 0, 0], &dy[0, 0, 0], &dx[0, 0, 0], dy.shape[0],
                 dy.shape[1], dy.shape[2], 1, &a[0], &a[0], &a[0], &a[0])
+
+
+# --------------------------------------------------------------------------
+# Layer kernels: x (R, D), each row normalised over its D elements with a
+# weight and bias per column (LayerNorm; RMSNorm with centre 0).  Row
+# statistics come from batch_stats on a (1, R, D) view.
+# --------------------------------------------------------------------------
+
+cdef inline void layer_item(int op, const floating *x, const floating *dy,
+                            floating *out, int64_t D, int64_t pieces, int64_t i,
+                            const double *k0, const double *k1, const double *k2,
+                            const double *k3, const floating *w,
+                            const floating *b) noexcept nogil:
+    """Piece i (of UNIT columns) of the R rows."""
+    cdef int64_t r = i // pieces
+    cdef int64_t j0 = (i - r * pieces) * UNIT
+    cdef int64_t ln = D - j0
+    cdef int64_t off = r * D + j0
+    if ln > UNIT:
+        ln = UNIT
+    if floating is float:
+        if op == OP_AFFINE:
+            fn_lnaff_f32(x + off, out + off, ln, <float>k0[r], <float>k1[r],
+                         <float>k2[r], w + j0, b + j0)
+        else:
+            fn_lnbwd_f32(x + off, dy + off, out + off, ln, w + j0, <float>k0[r],
+                         <float>k1[r], <float>k2[r], <float>k3[r])
+    else:
+        if op == OP_AFFINE:
+            fn_lnaff_f64(x + off, out + off, ln, k0[r], k1[r], k2[r], w + j0, b + j0)
+        else:
+            fn_lnbwd_f64(x + off, dy + off, out + off, ln, w + j0, k0[r], k1[r],
+                         k2[r], k3[r])
+
+
+def layer_affine(const floating[:, ::1] x, floating[:, ::1] out,
+                 const double[::1] center, const double[::1] scale,
+                 const double[::1] shift, const floating[::1] weight,
+                 const floating[::1] bias):
+    """out = ((x - center[r]) * scale[r] + shift[r]) * weight[d] + bias[d].
+
+    IN x (R, D); OUT out (R, D), may be x; IN (R,) float64 rounded to the
+    data type once per row; IN weight, bias (D,) in the data type.
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], i
+    cdef int64_t pieces = (D + UNIT - 1) // UNIT, total = R * pieces
+    cdef int nt = threads_for(R * D, total)
+    cdef const floating *px = &x[0, 0]
+    cdef floating *po = &out[0, 0]
+    with nogil:
+        for i in prange(total, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            layer_item(OP_AFFINE, px, NULL, po, D, pieces, i, &center[0], &scale[0],
+                       &shift[0], NULL, &weight[0], &bias[0])
+
+
+def layer_bwd_input(const floating[:, ::1] x, const floating[:, ::1] dy,
+                    floating[:, ::1] dx, const floating[::1] weight,
+                    const double[::1] center, const double[::1] a,
+                    const double[::1] q, const double[::1] k):
+    """dx = a[r] * weight[d] * dy - q[r] * (x - center[r]) - k[r].
+
+    IN x, dy (R, D); OUT dx (R, D), may alias dy; IN weight (D,); IN (R,).
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], i
+    cdef int64_t pieces = (D + UNIT - 1) // UNIT, total = R * pieces
+    cdef int nt = threads_for(2 * R * D, total)
+    cdef const floating *px = &x[0, 0]
+    cdef const floating *pg = &dy[0, 0]
+    cdef floating *po = &dx[0, 0]
+    with nogil:
+        for i in prange(total, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            layer_item(OP_BWD, px, pg, po, D, pieces, i, &center[0], &a[0], &q[0],
+                       &k[0], &weight[0], NULL)
+
+
+cdef inline void layer_sums_unit(const floating *x, const floating *dy,
+                                 const floating *w, int64_t R, int64_t D,
+                                 int64_t nc, int64_t i, const double *mean,
+                                 const double *invstd, double *pA, double *pB,
+                                 double *c1, double *c2) noexcept nogil:
+    """Unit i = row block (i // nc) x column chunk (i % nc)."""
+    cdef int64_t rb = i // nc, cc = i - (i // nc) * nc
+    cdef int64_t r0 = rb * LAYER_ROWS, r1 = r0 + LAYER_ROWS, r
+    cdef int64_t j0 = cc * UNIT, ln = D - cc * UNIT, off
+    cdef double A, B
+    cdef double *s1
+    cdef double *s2
+    if r1 > R:
+        r1 = R
+    if ln > UNIT:
+        ln = UNIT
+    s1 = c1 + rb * D + j0
+    s2 = c2 + rb * D + j0
+    memset(s1, 0, ln * sizeof(double))
+    memset(s2, 0, ln * sizeof(double))
+    for r in range(r0, r1):
+        A = 0.0
+        B = 0.0
+        off = r * D + j0
+        if floating is float:
+            fn_lnsums_f32(x + off, dy + off, w + j0, ln, mean[r], invstd[r], &A, &B,
+                          s1, s2)
+        else:
+            fn_lnsums_f64(x + off, dy + off, w + j0, ln, mean[r], invstd[r], &A, &B,
+                          s1, s2)
+        pA[r * nc + cc] = A
+        pB[r * nc + cc] = B
+
+
+def layer_bwd_sums(const floating[:, ::1] x, const floating[:, ::1] dy,
+                   const floating[::1] weight, const double[::1] mean,
+                   const double[::1] invstd, double[::1] row_a, double[::1] row_b,
+                   double[::1] col_dy, double[::1] col_dyxhat):
+    """Fused backward sums of a row normalisation, one pass over x and dy.
+
+    IN x, dy (R, D), R * D > 0; IN weight (D,); IN mean, invstd (R,).
+    OUT row_a[r] = sum_d dy * w, row_b[r] = sum_d dy * w * (x - mean[r]);
+    OUT col_dy[d] = sum_r dy, col_dyxhat[d] = sum_r dy * (x - mean[r]) * invstd[r].
+    Units are blocks of LAYER_ROWS rows x UNIT columns; row sums are merged
+    over column chunks and column sums over row blocks, in order.
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], i, r, d, u
+    cdef int64_t nc = (D + UNIT - 1) // UNIT
+    cdef int64_t nb = (R + LAYER_ROWS - 1) // LAYER_ROWS
+    cdef int nt = threads_for(2 * R * D, nb * nc)
+    cdef const floating *px = &x[0, 0]
+    cdef const floating *pg = &dy[0, 0]
+    cdef double *pA = <double *>malloc(2 * R * nc * sizeof(double))
+    cdef double *pB
+    cdef double *c1 = <double *>malloc(2 * nb * D * sizeof(double))
+    cdef double *c2
+    cdef double sa, sb
+    if pA == NULL or c1 == NULL:
+        free(pA)
+        free(c1)
+        raise MemoryError()
+    pB = pA + R * nc
+    c2 = c1 + nb * D
+    with nogil:
+        for i in prange(nb * nc, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            layer_sums_unit(px, pg, &weight[0], R, D, nc, i, &mean[0], &invstd[0],
+                            pA, pB, c1, c2)
+        for r in prange(R, num_threads=nt, schedule='static'):
+            sa = 0.0
+            sb = 0.0
+            for u in range(nc):
+                sa = sa + pA[r * nc + u]
+                sb = sb + pB[r * nc + u]
+            row_a[r] = sa
+            row_b[r] = sb
+        for d in prange(D, num_threads=nt, schedule='static'):
+            sa = 0.0
+            sb = 0.0
+            for u in range(nb):
+                sa = sa + c1[u * D + d]
+                sb = sb + c2[u * D + d]
+            col_dy[d] = sa
+            col_dyxhat[d] = sb
+    free(pA)
+    free(c1)
 
 
 # --------------------------------------------------------------------------

@@ -164,9 +164,58 @@ static inline void fn_rscale_##SUF(const T *dy, T *dx, const T *a, int64_t n) \
     for (int64_t j = 0; j < n; j++) dx[j] = a[j] * dy[j];                     \
 }
 
+/* Rows normalised over their own elements with a weight and bias per
+ * column (LayerNorm, RMSNorm): scalars per row, arrays per column. */
+#define FN_LAYER_LOOPS(T, SUF, LOAD)                                          \
+/* y = ((x - c) * s + t) * w + b */                                           \
+static inline void fn_lnaff_##SUF(const T *x, T *y, int64_t n, T c, T s, T t, \
+                                  const T *w, const T *b)                     \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++) y[j] = ((x[j] - c) * s + t) * w[j] + b[j];\
+}                                                                             \
+/* dx = a * w * dy - q * (x - c) - k */                                       \
+static inline void fn_lnbwd_##SUF(const T *x, const T *dy, T *dx, int64_t n,  \
+                                  const T *w, T c, T a, T q, T k)             \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++)                                           \
+        dx[j] = a * w[j] * dy[j] - q * (x[j] - c) - k;                        \
+}                                                                             \
+/* One row piece of the fused backward sums, with d = x - m:                  \
+ * *A += sum(dy * w), *B += sum(dy * w * d)          (row sums)               \
+ * c1[j] += dy, c2[j] += dy * d * inv                (column sums) */         \
+static inline void fn_lnsums_##SUF(const T *x, const T *dy, const T *w,       \
+                                   int64_t n, double m, double inv,           \
+                                   double *A, double *B, double *c1,          \
+                                   double *c2)                                \
+{                                                                             \
+    fn_v4d a0 = {0}, b0 = {0};                                                \
+    fn_v4d mv = {m, m, m, m}, iv = {inv, inv, inv, inv};                      \
+    double ta = 0.0, tb = 0.0;                                                \
+    int64_t j = 0;                                                            \
+    for (; j + 4 <= n; j += 4) {                                              \
+        fn_v4d g = LOAD(dy + j), d = LOAD(x + j) - mv, gw = g * LOAD(w + j);  \
+        fn_v4d s1 = fn_load4d(c1 + j) + g, s2 = fn_load4d(c2 + j) + g * d * iv;\
+        a0 += gw;                                                             \
+        b0 += gw * d;                                                         \
+        __builtin_memcpy(c1 + j, &s1, sizeof s1);                             \
+        __builtin_memcpy(c2 + j, &s2, sizeof s2);                             \
+    }                                                                         \
+    for (; j < n; j++) {                                                      \
+        double g = (double)dy[j], d = (double)x[j] - m, gw = g * (double)w[j];\
+        ta += gw;                                                             \
+        tb += gw * d;                                                         \
+        c1[j] += g;                                                           \
+        c2[j] += g * d * inv;                                                 \
+    }                                                                         \
+    *A += fn_hsum(a0) + ta;                                                   \
+    *B += fn_hsum(b0) + tb;                                                   \
+}
+
 FN_LOOPS(float, f32, fn_load4)
 FN_LOOPS(double, f64, fn_load4d)
 FN_ROW_LOOPS(float, f32)
 FN_ROW_LOOPS(double, f64)
+FN_LAYER_LOOPS(float, f32, fn_load4)
+FN_LAYER_LOOPS(double, f64, fn_load4d)
 
 #endif

@@ -3,6 +3,7 @@ import numpy as np
 
 from . import _batch_norm as _bn
 from . import _group_norm as _gn
+from . import _layer_norm as _ln
 from . import _checks as ck
 
 
@@ -381,3 +382,90 @@ class GroupNorm(Module):
                                   self.weight is not None, self.bias is not None)
         self.weight_grad, self.bias_grad = gw, gb
         return dx
+
+
+class _RowNorm(Module):
+    """Shared by LayerNorm and RMSNorm: per-element weight (and bias) over the
+    trailing normalized_shape dims of the input."""
+
+    _rms = False
+
+    def _init_rows(self, normalized_shape, elementwise_affine, bias, dtype):
+        where = type(self).__name__
+        self.normalized_shape = _ln.normalized_shape_value(normalized_shape, where)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.dtype = ck.float_dtype(dtype, where)
+        shape, dt = self.normalized_shape, self.dtype
+        self.weight = np.ones(shape, dt) if self.elementwise_affine else None
+        self.bias = np.zeros(shape, dt) if (self.elementwise_affine and bias) else None
+        self.training = True
+        self.weight_grad = None
+        self.bias_grad = None
+        self._saved = None
+
+    def reset_parameters(self):
+        if self.weight is not None:
+            self.weight[...] = 1
+        if self.bias is not None:
+            self.bias[...] = 0
+
+    def _eps(self, where):
+        return ck.eps_value(self.eps, where)
+
+    def forward(self, x, out=None):
+        """Normalise x over its trailing dims (same in training and eval)."""
+        where = type(self).__name__
+        x = _ln.check_rows(where, x, self.normalized_shape)
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{where}: input has dtype {x.dtype} but the layer's dtype is "
+                f"{self.dtype}; convert the input or build the layer with dtype=np.{x.dtype}")
+        y, self._saved = _ln.forward(where, x, self.normalized_shape, self.weight,
+                                     self.bias, self._eps(where), out, self._rms)
+        return y
+
+    def backward(self, grad_output):
+        """Input gradient of the last forward call; stores weight_grad, bias_grad."""
+        where = f"{type(self).__name__}.backward"
+        if self._saved is None:
+            raise RuntimeError(f"{where}: no forward call to take gradients of; call the layer first")
+        dx, gw, gb = _ln.backward(where, grad_output, self._saved, self.weight,
+                                  self.normalized_shape, self.weight is not None,
+                                  self.bias is not None)
+        self.weight_grad, self.bias_grad = gw, gb
+        return dx
+
+
+class LayerNorm(_RowNorm):
+    """Layer normalisation over the trailing `normalized_shape` dims."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *,
+                 dtype=np.float32):
+        self.eps = ck.eps_value(eps, type(self).__name__)
+        self._init_rows(normalized_shape, elementwise_affine, bias, dtype)
+
+    def __repr__(self):
+        return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None})")
+
+
+class RMSNorm(_RowNorm):
+    """Root-mean-square normalisation over the trailing `normalized_shape` dims;
+    eps=None is the machine epsilon of the layer's dtype, as in PyTorch."""
+
+    _rms = True
+    _param_names = ("weight",)
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, *,
+                 dtype=np.float32):
+        if eps is not None:
+            eps = ck.eps_value(eps, type(self).__name__)
+        self.eps = eps
+        self._init_rows(normalized_shape, elementwise_affine, False, dtype)
+
+    def _eps(self, where):
+        return _ln.rms_eps(self.eps, self.dtype, where)
+
+    def __repr__(self):
+        return (f"RMSNorm({self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine})")

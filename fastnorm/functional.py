@@ -6,9 +6,11 @@ grad_bias)``, with None for a parameter that was not given.
 """
 from . import _batch_norm as _bn
 from . import _group_norm as _gn
+from . import _layer_norm as _ln
 
 __all__ = ["batch_norm", "batch_norm_backward", "instance_norm", "instance_norm_backward",
-           "group_norm", "group_norm_backward"]
+           "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward",
+           "rms_norm", "rms_norm_backward"]
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None,
@@ -134,3 +136,49 @@ def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, 
     saved = _gn.saved_for_backward(where, x, groups, weight, bias, eps, instance=False)
     return _gn.backward(where, grad_output, saved, weight, weight is not None,
                         bias is not None)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None):
+    """Layer normalisation over the trailing normalized_shape dims of input, as
+    torch.nn.functional.layer_norm; weight and bias have shape normalized_shape."""
+    where = "layer_norm"
+    nshape = _ln.normalized_shape_value(normalized_shape, where)
+    x = _ln.check_rows(where, input, nshape)
+    y, _ = _ln.forward(where, x, nshape, weight, bias, _bn.ck.eps_value(eps, where), out,
+                       rms=False)
+    return y
+
+
+def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=None,
+                        eps=1e-5):
+    """Gradients of layer_norm(input, ...) called with the same arguments:
+    (grad_input, grad_weight or None, grad_bias or None)."""
+    where = "layer_norm_backward"
+    nshape = _ln.normalized_shape_value(normalized_shape, where)
+    x = _ln.check_rows(where, input, nshape)
+    _, saved = _ln.forward(where, x, nshape, weight, bias, _bn.ck.eps_value(eps, where),
+                           None, rms=False)
+    return _ln.backward(where, grad_output, saved, weight, nshape, weight is not None,
+                        bias is not None)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None):
+    """Root-mean-square normalisation over the trailing normalized_shape dims, as
+    torch.nn.functional.rms_norm (eps=None: the dtype's machine epsilon)."""
+    where = "rms_norm"
+    nshape = _ln.normalized_shape_value(normalized_shape, where)
+    x = _ln.check_rows(where, input, nshape)
+    y, _ = _ln.forward(where, x, nshape, weight, None, _ln.rms_eps(eps, x.dtype, where),
+                       out, rms=True)
+    return y
+
+
+def rms_norm_backward(grad_output, input, normalized_shape, weight=None, eps=None):
+    """Gradients of rms_norm(input, ...) called with the same arguments:
+    (grad_input, grad_weight or None, None)."""
+    where = "rms_norm_backward"
+    nshape = _ln.normalized_shape_value(normalized_shape, where)
+    x = _ln.check_rows(where, input, nshape)
+    _, saved = _ln.forward(where, x, nshape, weight, None,
+                           _ln.rms_eps(eps, x.dtype, where), None, rms=True)
+    return _ln.backward(where, grad_output, saved, weight, nshape, weight is not None, False)

@@ -1,0 +1,146 @@
+"""Normalisation of each row over its trailing `normalized_shape` elements:
+LayerNorm (mean and variance) and RMSNorm (root mean square).
+
+x is viewed as contiguous (R, D), D = prod(normalized_shape).  Row statistics
+come from the batch-norm statistics kernel on a (1, R, D) view (Chan-merged,
+thread-invariant); RMSNorm's mean square is var + mean**2, two non-negative
+terms, so nothing cancels.  The layer kernels apply the per-column weight and
+bias, and compute the backward sums in one fused pass.
+"""
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _checks as ck
+from . import _kernels
+
+
+@dataclass
+class SavedRows:
+    x2: np.ndarray          # input as contiguous (R, D)
+    shape: tuple            # input's shape
+    mean: np.ndarray        # float64 (R,): centre (zeros for RMSNorm)
+    invstd: np.ndarray      # float64 (R,): 1 / sqrt(var + eps) or 1 / rms
+    rms: bool
+    overwritten: bool
+
+
+def normalized_shape_value(normalized_shape, where):
+    """normalized_shape as a tuple of positive ints (an int means (int,))."""
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        normalized_shape = (normalized_shape,)
+    try:
+        shape = tuple(normalized_shape)
+    except TypeError:
+        raise TypeError(
+            f"{where}: normalized_shape must be an int or a sequence of ints, "
+            f"got {normalized_shape!r}") from None
+    if not shape or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
+                            and s >= 1 for s in shape):
+        raise ValueError(
+            f"{where}: normalized_shape must be positive ints, got {normalized_shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+def rms_eps(eps, dtype, where):
+    """eps=None: the machine epsilon of the dtype, as PyTorch's RMSNorm."""
+    if eps is None:
+        return float(np.finfo(dtype).eps)
+    return ck.eps_value(eps, where)
+
+
+def _row_param(a, name, nshape, dtype, where):
+    if a is None:
+        return None
+    a = ck.as_float_array(a, name, where)
+    if a.shape != nshape:
+        raise ValueError(
+            f"{where}: expected {name} of shape {ck.shape_str(nshape)} "
+            f"(normalized_shape), got shape {ck.shape_str(a.shape)}")
+    ck.check_dtype_match(a, dtype, name, where)
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+def check_rows(where, x, nshape):
+    """x as a float ndarray whose trailing dims are nshape."""
+    x = ck.as_float_array(x, "input", where)
+    k = len(nshape)
+    if x.ndim < k or x.shape[x.ndim - k:] != nshape:
+        raise ValueError(
+            f"{where}: expected input with trailing dimensions {ck.shape_str(nshape)} "
+            f"(normalized_shape), got input of shape {ck.shape_str(x.shape)}")
+    return x
+
+
+def forward(where, x, nshape, weight, bias, eps, out, rms):
+    """LayerNorm (rms=False) or RMSNorm of a checked x.  Returns (y, SavedRows)."""
+    dt = x.dtype
+    D = int(np.prod(nshape))
+    w = _row_param(weight, "weight", nshape, dt, where)
+    b = _row_param(bias, "bias", nshape, dt, where)
+    out = ck.out_array(out, x.shape, dt, x, where)
+    x2 = np.ascontiguousarray(x).reshape(-1, D)
+    if not x2.flags.aligned:  # pragma: no cover - numpy allocates aligned
+        x2 = x2.copy()
+    y = out if out is not None else np.empty(x.shape, dtype=dt)
+    R = x2.shape[0]
+    if R == 0:
+        return y, SavedRows(x2, x.shape, np.zeros(0), np.zeros(0), rms, False)
+    mean = np.empty(R)
+    var = np.empty(R)
+    _kernels.batch_stats(x2.reshape(1, R, D), mean, var)
+    if rms:
+        invstd = 1.0 / np.sqrt(var + mean * mean + eps)
+        mean = np.zeros(R)
+        center = shift = mean
+    else:
+        invstd = 1.0 / np.sqrt(var + eps)
+        center = mean.astype(dt).astype(np.float64)
+        shift = (center - mean) * invstd
+    _kernels.layer_affine(x2, y.reshape(R, D), center, invstd, shift,
+                          w if w is not None else np.ones(D, dt),
+                          b if b is not None else np.zeros(D, dt))
+    return y, SavedRows(x2, x.shape, mean, invstd, rms,
+                        out is not None and np.may_share_memory(out, x2))
+
+
+def backward(where, grad_output, saved, weight, nshape, need_weight, need_bias):
+    """(grad_input, grad_weight, grad_bias) of the forward that made `saved`."""
+    x2 = saved.x2
+    dt = x2.dtype
+    if saved.overwritten:
+        raise RuntimeError(
+            f"{where}: the forward call wrote its output over its input (out=x), "
+            "so the input needed by backward is gone; run forward without "
+            "out=x to take gradients")
+    g = ck.as_float_array(grad_output, "grad_output", where)
+    if g.shape != tuple(saved.shape):
+        raise ValueError(
+            f"{where}: grad_output has shape {ck.shape_str(g.shape)}, expected "
+            f"{ck.shape_str(saved.shape)} (the shape of the forward input)")
+    ck.check_dtype_match(g, dt, "grad_output", where)
+    R, D = x2.shape
+    w = _row_param(weight, "weight", nshape, dt, where)
+    dx = np.empty(saved.shape, dtype=dt)
+    if R == 0:
+        z = np.zeros(nshape, dtype=dt)
+        return dx, (z if need_weight else None), (z.copy() if need_bias else None)
+    g2 = np.ascontiguousarray(g).reshape(R, D)
+    w1 = w if w is not None else np.ones(D, dt)
+    row_a, row_b = np.empty(R), np.empty(R)
+    col_dy, col_dyxhat = np.empty(D), np.empty(D)
+    _kernels.layer_bwd_sums(x2, g2, w1, saved.mean, saved.invstd, row_a, row_b,
+                            col_dy, col_dyxhat)
+    inv = saved.invstd
+    q = inv ** 3 * row_b / D
+    if saved.rms:
+        center = saved.mean          # zeros
+        k = np.zeros(R)
+    else:
+        center = saved.mean.astype(dt).astype(np.float64)
+        k = inv * row_a / D + q * (center - saved.mean)
+    _kernels.layer_bwd_input(x2, g2, dx.reshape(R, D), w1, center, inv, q, k)
+    gw = col_dyxhat.astype(dt).reshape(nshape) if need_weight else None
+    gb = col_dy.astype(dt).reshape(nshape) if need_bias else None
+    return dx, gw, gb
