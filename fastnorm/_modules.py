@@ -389,6 +389,7 @@ class _RowNorm(Module):
     trailing normalized_shape dims of the input."""
 
     _rms = False
+    _param_names = ("weight", "bias")
 
     def _init_rows(self, normalized_shape, elementwise_affine, bias, dtype):
         where = type(self).__name__

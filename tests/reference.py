@@ -119,3 +119,43 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         new_rm = (1 - f) * new_rm + f * mean.mean(axis=0)
         new_rv = (1 - f) * new_rv + f * (var * n / (n - 1)).mean(axis=0)
     return y, new_rm, new_rv
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, rms=False):
+    """LayerNorm (or RMSNorm with rms=True) in float64 over the trailing dims."""
+    x = np.asarray(x, np.float64)
+    ax = tuple(range(x.ndim - len(normalized_shape), x.ndim))
+    if rms:
+        y = x / np.sqrt((x * x).mean(axis=ax, keepdims=True) + eps)
+    else:
+        mean = x.mean(axis=ax, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=ax, keepdims=True)
+        y = (x - mean) / np.sqrt(var + eps)
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    return y
+
+
+def layer_norm_backward(dy, x, normalized_shape, weight=None, eps=1e-5, rms=False):
+    """(dx, dweight, dbias) of sum(dy * layer_norm(x)) in float64."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    k = len(normalized_shape)
+    ax = tuple(range(x.ndim - k, x.ndim))
+    lead = tuple(range(x.ndim - k))
+    d = int(np.prod(normalized_shape))
+    w = np.asarray(weight, np.float64) if weight is not None else 1.0
+    g = dy * w
+    if rms:
+        inv = 1.0 / np.sqrt((x * x).mean(axis=ax, keepdims=True) + eps)
+        xhat = x * inv
+        dx = inv * g - x * inv ** 3 / d * (g * x).sum(axis=ax, keepdims=True)
+    else:
+        mean = x.mean(axis=ax, keepdims=True)
+        inv = 1.0 / np.sqrt(((x - mean) ** 2).mean(axis=ax, keepdims=True) + eps)
+        xhat = (x - mean) * inv
+        dx = inv / d * (d * g - g.sum(axis=ax, keepdims=True)
+                        - xhat * (g * xhat).sum(axis=ax, keepdims=True))
+    return dx, (dy * xhat).sum(axis=lead), dy.sum(axis=lead)
