@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from . import _kernels  # noqa: F401
 from . import functional
 from ._modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d,
-                       InstanceNorm2d, InstanceNorm3d, LayerNorm, RMSNorm)
+                       InstanceNorm2d, InstanceNorm3d, LayerNorm, LocalResponseNorm, RMSNorm)
 
 try:
     __version__ = _version("fastnorm")
@@ -20,4 +20,5 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d",
-           "InstanceNorm3d", "GroupNorm", "LayerNorm", "RMSNorm", "functional", "__version__"]
+           "InstanceNorm3d", "GroupNorm", "LayerNorm", "RMSNorm", "LocalResponseNorm",
+           "functional", "__version__"]

@@ -112,6 +112,20 @@ cdef extern from "_loops.h" nogil:
     void fn_lnsums_f64(const double *x, const double *dy, const double *w, int64_t n,
                        double m, double inv, double *A, double *B, double *c1,
                        double *c2)
+    void fn_lrn_fwd_f32(const float *x, float *y, int64_t C, int64_t L, int64_t l0,
+                        int64_t ln, int64_t size, double alpha, double beta, double k,
+                        double *den, double *pre, double *suf)
+    void fn_lrn_fwd_f64(const double *x, double *y, int64_t C, int64_t L, int64_t l0,
+                        int64_t ln, int64_t size, double alpha, double beta, double k,
+                        double *den, double *pre, double *suf)
+    void fn_lrn_bwd_f32(const float *x, const float *dy, float *dx, int64_t C,
+                        int64_t L, int64_t l0, int64_t ln, int64_t size, double alpha,
+                        double beta, double k, double *den, double *t, double *pre,
+                        double *suf)
+    void fn_lrn_bwd_f64(const double *x, const double *dy, double *dx, int64_t C,
+                        int64_t L, int64_t l0, int64_t ln, int64_t size, double alpha,
+                        double beta, double k, double *den, double *t, double *pre,
+                        double *suf)
 
 # The unit geometry is part of the library's definition of its results: a
 # change moves the last bits of results (not their accuracy).
@@ -452,8 +466,11 @@ cdef int reduction(int op, const floating *x, const floating *dy,
     cdef int nt = threads_for((2 if op == RED_DOT else 1) * N * C * L, g.total)
     cdef double *pa = <double *>malloc(2 * C * g.per_chan * sizeof(double))
     cdef double *pb
-    cdef double *scratch
-    cdef bint failed = False
+    cdef double *scratch = NULL
+    # failure is reported through a pointer: a variable assigned inside a
+    # parallel block is private to each thread and undefined after it
+    cdef int failed = 0
+    cdef int *fail = &failed
     if pa == NULL:
         raise MemoryError()
     pb = pa + C * g.per_chan
@@ -466,7 +483,7 @@ cdef int reduction(int op, const floating *x, const floating *dy,
                 # team never waits on it
                 scratch = <double *>malloc(rows_scratch(&g) * sizeof(double))
                 if scratch == NULL:
-                    failed = True
+                    fail[0] = 1
                 note_threads(nt)
                 for i in prange(g.total, schedule='static'):
                     if scratch != NULL:
@@ -813,6 +830,93 @@ def layer_bwd_sums(const floating[:, ::1] x, const floating[:, ::1] dy,
             col_dyxhat[d] = sb
     free(pA)
     free(c1)
+
+
+# --------------------------------------------------------------------------
+# Local response normalisation: x (N, C, L), a window over channels.  Work
+# items are strips of `strip` columns of one sample, all channels; each is
+# independent, so results do not depend on the thread count.
+# --------------------------------------------------------------------------
+
+cdef inline int64_t lrn_strip(int64_t C, int64_t L) noexcept nogil:
+    """Columns per strip: scratch of 4 * C * strip doubles stays ~1 MiB."""
+    cdef int64_t s = 32768 // C
+    if s > 256:
+        s = 256
+    if s < 4:
+        s = 4
+    if s > L:
+        s = L
+    return s
+
+
+cdef int lrn(const floating *x, const floating *dy, floating *out, int64_t N,
+             int64_t C, int64_t L, int64_t size, double alpha, double beta,
+             double k) except -1:
+    """Forward (dy == NULL: out = y) or backward (out = dx)."""
+    cdef int64_t strip = lrn_strip(C, L)
+    cdef int64_t per = (L + strip - 1) // strip, total = N * per, i, n, l0, ln
+    cdef int64_t need = 4 * C * strip
+    cdef int nt = threads_for((3 if dy != NULL else 2) * N * C * L * 8, total)
+    cdef double *scratch = NULL
+    cdef int failed = 0
+    cdef int *fail = &failed    # shared: see reduction()
+    with nogil:
+        with parallel(num_threads=nt):
+            scratch = <double *>malloc(need * sizeof(double))
+            if scratch == NULL:
+                fail[0] = 1
+            note_threads(nt)
+            for i in prange(total, schedule='static'):
+                if scratch != NULL:
+                    n = i // per
+                    l0 = (i - n * per) * strip
+                    ln = L - l0
+                    if ln > strip:
+                        ln = strip
+                    if dy == NULL:
+                        if floating is float:
+                            fn_lrn_fwd_f32(x + n * C * L, out + n * C * L, C, L, l0, ln,
+                                           size, alpha, beta, k, scratch,
+                                           scratch + C * strip, scratch + 2 * C * strip)
+                        else:
+                            fn_lrn_fwd_f64(x + n * C * L, out + n * C * L, C, L, l0, ln,
+                                           size, alpha, beta, k, scratch,
+                                           scratch + C * strip, scratch + 2 * C * strip)
+                    else:
+                        if floating is float:
+                            fn_lrn_bwd_f32(x + n * C * L, dy + n * C * L, out + n * C * L,
+                                           C, L, l0, ln, size, alpha, beta, k, scratch,
+                                           scratch + C * strip, scratch + 2 * C * strip,
+                                           scratch + 3 * C * strip)
+                        else:
+                            fn_lrn_bwd_f64(x + n * C * L, dy + n * C * L, out + n * C * L,
+                                           C, L, l0, ln, size, alpha, beta, k, scratch,
+                                           scratch + C * strip, scratch + 2 * C * strip,
+                                           scratch + 3 * C * strip)
+            free(scratch)
+    if failed:
+        raise MemoryError()
+    return 0
+
+
+def lrn_forward(const floating[:, :, ::1] x, floating[:, :, ::1] out, int64_t size,
+                double alpha, double beta, double k):
+    """out = x * (k + alpha / size * window sum of x**2 over channels)**-beta.
+
+    IN x (N, C, L), N * C * L > 0; OUT out (N, C, L), must not alias x (a
+    strip's later channels are read after earlier ones are written).
+    """
+    lrn(&x[0, 0, 0], NULL, &out[0, 0, 0], x.shape[0], x.shape[1], x.shape[2], size,
+        alpha, beta, k)
+
+
+def lrn_backward(const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
+                 floating[:, :, ::1] dx, int64_t size, double alpha, double beta,
+                 double k):
+    """dx of sum(dy * lrn(x)); IN x, dy (N, C, L); OUT dx, aliasing neither."""
+    lrn(&x[0, 0, 0], &dy[0, 0, 0], &dx[0, 0, 0], x.shape[0], x.shape[1], x.shape[2],
+        size, alpha, beta, k)
 
 
 # --------------------------------------------------------------------------

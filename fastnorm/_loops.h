@@ -9,6 +9,7 @@
  */
 #ifndef FASTNORM_LOOPS_H
 #define FASTNORM_LOOPS_H
+#include <math.h>
 #include <stdint.h>
 
 /* Reductions use explicit vectors (GCC/Clang vector extensions): each
@@ -211,11 +212,110 @@ static inline void fn_lnsums_##SUF(const T *x, const T *dy, const T *w,       \
     *B += fn_hsum(b0) + tb;                                                   \
 }
 
+/* Local response normalisation over channels, one strip of columns
+ * [l0, l0 + ln) of one sample: x is (C, L) with row stride L.
+ *
+ * Window sums over channels come from block prefix and suffix sums (blocks of
+ * `size` channels): a window [lo, hi] spans at most two blocks and its sum is
+ * suf[lo] + pre[hi] (or one of them when it starts or ends on a block edge).
+ * Only additions: sums of squares never lose small terms to cancellation,
+ * and the cost is O(1) per element whatever the window size.
+ * pre, suf: scratch of C * ln doubles each. */
+static inline void fn_window_sums(double *v, int64_t C, int64_t ln, int64_t size,
+                                  int64_t before, int64_t after, double *pre,
+                                  double *suf)
+{
+    /* v (C, ln) in, window sums (C, ln) out in v; window of c is
+     * [c - before, c + after] clipped to [0, C - 1] */
+    for (int64_t c = 0; c < C; c++) {
+        double *p = pre + c * ln;
+        const double *vc = v + c * ln;
+        if (c % size == 0)
+            for (int64_t l = 0; l < ln; l++) p[l] = vc[l];
+        else
+            for (int64_t l = 0; l < ln; l++) p[l] = p[l - ln] + vc[l];
+    }
+    for (int64_t c = C - 1; c >= 0; c--) {
+        double *q = suf + c * ln;
+        const double *vc = v + c * ln;
+        if (c % size == size - 1 || c == C - 1)
+            for (int64_t l = 0; l < ln; l++) q[l] = vc[l];
+        else
+            for (int64_t l = 0; l < ln; l++) q[l] = q[l + ln] + vc[l];
+    }
+    for (int64_t c = 0; c < C; c++) {
+        int64_t lo = c - before, hi = c + after;
+        double *out = v + c * ln;
+        if (lo < 0) lo = 0;
+        if (hi > C - 1) hi = C - 1;
+        if (lo / size != hi / size) {
+            const double *a = suf + lo * ln, *b = pre + hi * ln;
+            for (int64_t l = 0; l < ln; l++) out[l] = a[l] + b[l];
+        } else if (lo % size == 0) {
+            const double *b = pre + hi * ln;
+            for (int64_t l = 0; l < ln; l++) out[l] = b[l];
+        } else {
+            const double *a = suf + lo * ln;
+            for (int64_t l = 0; l < ln; l++) out[l] = a[l];
+        }
+    }
+}
+
+#define FN_LRN_LOOPS(T, SUF)                                                  \
+/* y = x * (k + alpha / size * S)^-beta; den (C, ln) receives the base */     \
+static inline void fn_lrn_fwd_##SUF(const T *x, T *y, int64_t C, int64_t L,   \
+                                    int64_t l0, int64_t ln, int64_t size,     \
+                                    double alpha, double beta, double k,      \
+                                    double *den, double *pre, double *suf)    \
+{                                                                             \
+    for (int64_t c = 0; c < C; c++)                                           \
+        for (int64_t l = 0; l < ln; l++) {                                    \
+            double v = (double)x[c * L + l0 + l];                             \
+            den[c * ln + l] = v * v;                                          \
+        }                                                                     \
+    fn_window_sums(den, C, ln, size, size / 2, (size - 1) / 2, pre, suf);     \
+    for (int64_t c = 0; c < C; c++)                                           \
+        for (int64_t l = 0; l < ln; l++) {                                    \
+            double d = k + alpha / (double)size * den[c * ln + l];            \
+            den[c * ln + l] = d;                                              \
+            if (y)                                                            \
+                y[c * L + l0 + l] = (T)((double)x[c * L + l0 + l] * pow(d, -beta)); \
+        }                                                                     \
+}                                                                             \
+/* dx = dy * D^-beta - 2 alpha beta / size * x * sum over the mirrored        \
+ * window of dy * x * D^(-beta - 1) */                                        \
+static inline void fn_lrn_bwd_##SUF(const T *x, const T *dy, T *dx,           \
+                                    int64_t C, int64_t L, int64_t l0,         \
+                                    int64_t ln, int64_t size, double alpha,   \
+                                    double beta, double k, double *den,       \
+                                    double *t, double *pre, double *suf)      \
+{                                                                             \
+    fn_lrn_fwd_##SUF(x, (T *)0, C, L, l0, ln, size, alpha, beta, k, den,      \
+                     pre, suf);                                               \
+    for (int64_t c = 0; c < C; c++)                                           \
+        for (int64_t l = 0; l < ln; l++) {                                    \
+            int64_t i = c * L + l0 + l;                                       \
+            double d = den[c * ln + l];                                       \
+            t[c * ln + l] = (double)dy[i] * (double)x[i] * pow(d, -beta - 1.0);\
+        }                                                                     \
+    fn_window_sums(t, C, ln, size, (size - 1) / 2, size / 2, pre, suf);       \
+    for (int64_t c = 0; c < C; c++)                                           \
+        for (int64_t l = 0; l < ln; l++) {                                    \
+            int64_t i = c * L + l0 + l;                                       \
+            double d = den[c * ln + l];                                       \
+            dx[i] = (T)((double)dy[i] * pow(d, -beta)                         \
+                        - 2.0 * alpha * beta / (double)size * (double)x[i]    \
+                          * t[c * ln + l]);                                   \
+        }                                                                     \
+}
+
 FN_LOOPS(float, f32, fn_load4)
 FN_LOOPS(double, f64, fn_load4d)
 FN_ROW_LOOPS(float, f32)
 FN_ROW_LOOPS(double, f64)
 FN_LAYER_LOOPS(float, f32, fn_load4)
 FN_LAYER_LOOPS(double, f64, fn_load4d)
+FN_LRN_LOOPS(float, f32)
+FN_LRN_LOOPS(double, f64)
 
 #endif

@@ -4,6 +4,7 @@ import numpy as np
 from . import _batch_norm as _bn
 from . import _group_norm as _gn
 from . import _layer_norm as _ln
+from . import _lrn
 from . import _checks as ck
 
 
@@ -470,3 +471,39 @@ class RMSNorm(_RowNorm):
     def __repr__(self):
         return (f"RMSNorm({self.normalized_shape}, eps={self.eps}, "
                 f"elementwise_affine={self.elementwise_affine})")
+
+
+class LocalResponseNorm(Module):
+    """Local response normalisation across channels of (N, C, *) input:
+    y = x / (k + alpha / size * sum of x**2 over channels
+    [c - size // 2, c + (size - 1) // 2], zero-padded)**beta.
+    No parameters; same in training and eval."""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        self.size, self.alpha, self.beta, self.k = _lrn.check_args(
+            size, alpha, beta, k, "LocalResponseNorm")
+        self.training = True
+        self._saved = None
+
+    def __repr__(self):
+        return f"LocalResponseNorm({self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k})"
+
+    def _args(self, where):
+        return _lrn.check_args(self.size, self.alpha, self.beta, self.k, where)
+
+    def forward(self, x, out=None):
+        """Normalise x; `out` (optional) must not overlap x."""
+        where = "LocalResponseNorm"
+        args = self._args(where)
+        x = _lrn.check_input(x, where)
+        y, x3 = _lrn.forward(where, x, *args, out)
+        self._saved = (x3, x.shape, args)
+        return y
+
+    def backward(self, grad_output):
+        """Input gradient of the last forward call."""
+        where = "LocalResponseNorm.backward"
+        if self._saved is None:
+            raise RuntimeError(f"{where}: no forward call to take gradients of; call the layer first")
+        x3, shape, args = self._saved
+        return _lrn.backward(where, grad_output, x3, shape, *args)

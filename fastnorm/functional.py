@@ -7,10 +7,12 @@ grad_bias)``, with None for a parameter that was not given.
 from . import _batch_norm as _bn
 from . import _group_norm as _gn
 from . import _layer_norm as _ln
+from . import _lrn
 
 __all__ = ["batch_norm", "batch_norm_backward", "instance_norm", "instance_norm_backward",
            "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward",
-           "rms_norm", "rms_norm_backward"]
+           "rms_norm", "rms_norm_backward", "local_response_norm",
+           "local_response_norm_backward"]
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None,
@@ -182,3 +184,20 @@ def rms_norm_backward(grad_output, input, normalized_shape, weight=None, eps=Non
     _, saved = _ln.forward(where, x, nshape, weight, None,
                            _ln.rms_eps(eps, x.dtype, where), None, rms=True)
     return _ln.backward(where, grad_output, saved, weight, nshape, weight is not None, False)
+
+
+def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0, *, out=None):
+    """Local response normalisation across channels of input (N, C, *), as
+    torch.nn.functional.local_response_norm; ``out`` must not overlap input."""
+    where = "local_response_norm"
+    args = _lrn.check_args(size, alpha, beta, k, where)
+    x = _lrn.check_input(input, where)
+    return _lrn.forward(where, x, *args, out)[0]
+
+
+def local_response_norm_backward(grad_output, input, size, alpha=1e-4, beta=0.75, k=1.0):
+    """Input gradient of local_response_norm(input, ...) with the same arguments."""
+    where = "local_response_norm_backward"
+    args = _lrn.check_args(size, alpha, beta, k, where)
+    x = _lrn.check_input(input, where)
+    return _lrn.backward(where, grad_output, _bn.as_ncl(x), x.shape, *args)

@@ -1,0 +1,59 @@
+"""Local response normalisation across channels (PyTorch's window)."""
+import math
+import numbers
+
+import numpy as np
+
+from . import _checks as ck
+from . import _kernels
+
+
+def check_args(size, alpha, beta, k, where):
+    """size: positive int; alpha, beta, k: finite reals."""
+    size = ck.positive_int(size, "size", where)
+    vals = []
+    for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"{where}: {name} must be a finite real number, got {v!r}")
+        vals.append(float(v))
+    return (size, *vals)
+
+
+def check_input(x, where):
+    x = ck.as_float_array(x, "input", where)
+    if x.ndim < 3:
+        raise ValueError(
+            f"{where}: expected 3D or higher input (N, C, *), got {x.ndim}D input of "
+            f"shape {ck.shape_str(x.shape)}")
+    return x
+
+
+def forward(where, x, size, alpha, beta, k, out):
+    """y = x / (k + alpha / size * window sum of x**2)**beta.  Returns (y, x3)."""
+    from ._batch_norm import as_ncl
+
+    out = ck.out_array(out, x.shape, x.dtype, x, where)
+    if out is not None and np.may_share_memory(out, x):
+        raise ValueError(
+            f"{where}: out must not share memory with the input (each output "
+            "depends on neighbouring channels of the input)")
+    x3 = as_ncl(x)
+    y = out if out is not None else np.empty(x.shape, dtype=x.dtype)
+    if x.size:
+        _kernels.lrn_forward(x3, y.reshape(x3.shape), size, alpha, beta, k)
+    return y, x3
+
+
+def backward(where, grad_output, x3, shape, size, alpha, beta, k):
+    """Input gradient of the forward on x3 (contiguous (N, C, L) of `shape`)."""
+    g = ck.as_float_array(grad_output, "grad_output", where)
+    if g.shape != tuple(shape):
+        raise ValueError(
+            f"{where}: grad_output has shape {ck.shape_str(g.shape)}, expected "
+            f"{ck.shape_str(shape)} (the shape of the forward input)")
+    ck.check_dtype_match(g, x3.dtype, "grad_output", where)
+    dx = np.empty(shape, dtype=x3.dtype)
+    if g.size:
+        g3 = np.ascontiguousarray(g).reshape(x3.shape)
+        _kernels.lrn_backward(x3, g3, dx.reshape(x3.shape), size, alpha, beta, k)
+    return dx
