@@ -159,3 +159,33 @@ def layer_norm_backward(dy, x, normalized_shape, weight=None, eps=1e-5, rms=Fals
         dx = inv / d * (d * g - g.sum(axis=ax, keepdims=True)
                         - xhat * (g * xhat).sum(axis=ax, keepdims=True))
     return dx, (dy * xhat).sum(axis=lead), dy.sum(axis=lead)
+
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
+    """(y, D) in float64: D = k + alpha / size * window sum of x**2 over
+    channels [c - size // 2, c + (size - 1) // 2], zero-padded."""
+    x = np.asarray(x, np.float64)
+    C = x.shape[1]
+    sq = x * x
+    s = np.zeros_like(x)
+    for c in range(C):
+        lo, hi = max(0, c - size // 2), min(C - 1, c + (size - 1) // 2)
+        s[:, c] = sq[:, lo:hi + 1].sum(axis=1)
+    d = k + alpha / size * s
+    return x * d ** -beta, d
+
+
+def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0):
+    """dx of sum(dy * local_response_norm(x)) in float64, by the chain rule
+    written element by element (no sliding sums)."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    _, d = local_response_norm(x, size, alpha, beta, k)
+    C = x.shape[1]
+    dx = dy * d ** -beta
+    t = dy * x * d ** (-beta - 1)
+    for j in range(C):
+        # channels c whose window holds j
+        cs = [c for c in range(C) if c - size // 2 <= j <= c + (size - 1) // 2]
+        dx[:, j] -= 2 * alpha * beta / size * x[:, j] * t[:, cs].sum(axis=1)
+    return dx
