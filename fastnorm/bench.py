@@ -49,10 +49,12 @@ from fastnorm import _kernels
 
 PEERS = ("numpy", "torch")
 BYTES_PER_S = {"train": 3, "eval": 2, "eval-out": 2, "backward": 5}
+ALL_MODES = ("train", "eval", "eval-out", "forward", "backward")
 BYTE_MODEL = ("GB/s: bytes fastnorm moves per call / its median, with S = x.nbytes: "
-              "eval and eval-out forward 2S (read x, write y); train forward 3S (read x "
-              "for the statistics, read x to normalise, write y); backward 5S (read x and "
-              "dy for the sums, read them again and write dx)")
+              "eval, eval-out and LocalResponseNorm forward 2S (read x, write y); train "
+              "and other forward 3S (read x for the statistics, read x to normalise, "
+              "write y); backward 5S (read x and dy for the sums, read them again and "
+              "write dx); LocalResponseNorm backward 3S (read x and dy, write dx)")
 WARMUP = 3
 NOISY = 0.10
 
@@ -63,6 +65,7 @@ class BatchNormBench:
     """Benchmarks of fastnorm.<title> (batch statistics over all dims but 1)."""
 
     modes = ("train", "eval", "eval-out", "backward")
+    bytes_model = BYTES_PER_S
 
     def __init__(self, title, rank, defaults):
         self.title, self.rank = title, rank
@@ -170,13 +173,183 @@ class BatchNormBench:
         return forward
 
 
+class RowsBench:
+    """Layers that normalise rows of a 2-D view (samples x groups, or rows x
+    trailing dims) and behave alike in training and eval: modes `forward`
+    and `backward`.  `view(x)` gives the (R, M) rows the statistics run over
+    and `cols` maps the per-channel/per-element weight onto them."""
+
+    modes = ("forward", "backward")
+
+    def __init__(self, title, accepts, defaults, make, torch_make, view, weight_of,
+                 rms=False, bytes_model=(3, 5)):
+        self.title = title
+        self.accepts = accepts
+        self.defaults = defaults
+        self._make, self._torch_make = make, torch_make
+        self._view, self._weight_of = view, weight_of
+        self.rms = rms
+        self.bytes_model = dict(zip(self.modes, bytes_model))
+        self.rank = None
+
+    def setup(self, shape, dtype, rng):
+        layer = self._make(shape, dtype)
+        s = {"x": rng.standard_normal(shape, dtype=dtype),
+             "g": rng.standard_normal(shape, dtype=dtype), "layer": layer}
+        if getattr(layer, "weight", None) is not None:
+            layer.weight[...] = 1 + 0.1 * rng.standard_normal(layer.weight.shape)
+        if getattr(layer, "bias", None) is not None:
+            layer.bias[...] = 0.1 * rng.standard_normal(layer.bias.shape)
+        return s
+
+    def build(self, impl, mode, s):
+        return getattr(self, "_" + impl)(mode, s)
+
+    def _fastnorm(self, mode, s):
+        layer, x = s["layer"], s["x"]
+        if mode == "backward":
+            layer(x)
+            return partial(layer.backward, s["g"])
+        return partial(layer, x)
+
+    def _numpy(self, mode, s):
+        layer, x, g = s["layer"], s["x"], s["g"]
+        eps = layer._eps("bench") if hasattr(layer, "_eps") else layer.eps
+        w = getattr(layer, "weight", None)
+        b = getattr(layer, "bias", None)
+        wv = self._weight_of(x, w) if w is not None else None
+        bv = self._weight_of(x, b) if b is not None else None
+        rows = self._view(x)
+        m = rows.shape[1]
+
+        def stats(r):
+            if self.rms:
+                return 0, 1 / np.sqrt((r * r).mean(axis=1, keepdims=True) + eps)
+            mean = r.mean(axis=1, keepdims=True)
+            return mean, 1 / np.sqrt(r.var(axis=1, keepdims=True) + eps)
+
+        if mode == "forward":
+            def forward():
+                mean, inv = stats(self._view(x))
+                y = ((self._view(x) - mean) * inv).reshape(x.shape)
+                if wv is not None:
+                    y = y * wv
+                if bv is not None:
+                    y = y + bv
+                return y
+            return forward
+        mean, inv = stats(rows)                        # saved by the forward
+
+        def backward():
+            xhat = (rows - mean) * inv
+            gw = (g if wv is None else g * wv).reshape(rows.shape)
+            if self.rms:
+                dx = inv * gw - xhat * (gw * xhat).mean(axis=1, keepdims=True) * inv
+            else:
+                dx = inv * (gw - gw.mean(axis=1, keepdims=True)
+                            - xhat * (gw * xhat).mean(axis=1, keepdims=True))
+            return dx.reshape(x.shape), (g * xhat.reshape(x.shape))
+        return backward
+
+    def _torch(self, mode, s):
+        import torch
+        layer = self._torch_make(s["layer"])
+        with torch.no_grad():
+            for k in ("weight", "bias"):
+                p = getattr(layer, k, None)
+                if p is not None:
+                    p.copy_(torch.from_numpy(np.asarray(getattr(s["layer"], k))))
+        x = torch.from_numpy(s["x"])
+        if mode == "backward":
+            x.requires_grad_(True)
+            y = layer(x)
+            return partial(torch.autograd.grad, y, x, torch.from_numpy(s["g"]),
+                           retain_graph=True)
+
+        def forward():
+            with torch.no_grad():
+                return layer(x)
+        return forward
+
+
+class LRNBench(RowsBench):
+    """LocalResponseNorm: a window over channels, no statistics."""
+
+    def _numpy(self, mode, s):
+        if mode != "forward":
+            return None
+        layer, x = s["layer"], s["x"]
+        size, alpha, beta, k = layer.size, layer.alpha, layer.beta, layer.k
+        C = x.shape[1]
+
+        def forward():
+            sq = x * x
+            cs = np.cumsum(np.concatenate([np.zeros_like(sq[:, :1]), sq], axis=1), axis=1)
+            lo = np.clip(np.arange(C) - size // 2, 0, C)
+            hi = np.clip(np.arange(C) + (size - 1) // 2 + 1, 0, C)
+            win = cs[:, hi] - cs[:, lo]
+            return x * (k + alpha / size * win) ** -beta
+        return forward
+
+
+def _torch_like(name, args, kw):
+    """A maker of torch.nn.<name>(*args(layer), **kw(layer)) for a fastnorm layer."""
+    def make(layer):
+        import torch
+        return getattr(torch.nn, name)(*args(layer), **kw(layer))
+    return make
+
+
+def _channels(x, v):
+    return v.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def _trailing(x, v):
+    return v
+
+
 LAYERS = {
     "batchnorm2d": BatchNormBench("BatchNorm2d", 4, (
         ((32, 64, 56, 56), ("train", "eval", "eval-out", "backward")),
         ((1, 64, 112, 112), ("eval", "eval-out")),
         ((1, 16, 8, 8), ("eval", "eval-out")),          # per-call overhead
     )),
+    "instancenorm2d": RowsBench(
+        "InstanceNorm2d", lambda s: len(s) == 4, (((8, 256, 64, 64), ("forward", "backward")),),
+        lambda s, dt: fastnorm.InstanceNorm2d(s[1], affine=True, dtype=dt),
+        _torch_like("InstanceNorm2d", lambda l: (l.num_features,),
+                    lambda l: dict(affine=True, dtype=_f64() if l.dtype.name == "float64" else None)),
+        lambda x: x.reshape(x.shape[0] * x.shape[1], -1), _channels),
+    "layernorm": RowsBench(
+        "LayerNorm", lambda s: len(s) >= 2, (((8192, 768), ("forward", "backward")),),
+        lambda s, dt: fastnorm.LayerNorm(s[-1], dtype=dt),
+        _torch_like("LayerNorm", lambda l: (l.normalized_shape,),
+                    lambda l: dict(dtype=_f64() if l.dtype.name == "float64" else None)),
+        lambda x: x.reshape(-1, x.shape[-1]), _trailing),
+    "groupnorm": RowsBench(
+        "GroupNorm", lambda s: len(s) >= 2 and s[1] % 32 == 0,
+        (((16, 256, 32, 32), ("forward", "backward")),),
+        lambda s, dt: fastnorm.GroupNorm(32, s[1], dtype=dt),
+        _torch_like("GroupNorm", lambda l: (l.num_groups, l.num_channels),
+                    lambda l: dict(dtype=_f64() if l.dtype.name == "float64" else None)),
+        lambda x: x.reshape(x.shape[0] * 32, -1), _channels),
+    "localresponsenorm": LRNBench(
+        "LocalResponseNorm", lambda s: len(s) >= 3, (((32, 96, 55, 55), ("forward", "backward")),),
+        lambda s, dt: fastnorm.LocalResponseNorm(5),
+        _torch_like("LocalResponseNorm", lambda l: (l.size,), lambda l: {}),
+        None, None, bytes_model=(2, 3)),
+    "rmsnorm": RowsBench(
+        "RMSNorm", lambda s: len(s) >= 2, (((8192, 4096), ("forward", "backward")),),
+        lambda s, dt: fastnorm.RMSNorm(s[-1], dtype=dt),
+        _torch_like("RMSNorm", lambda l: (l.normalized_shape,),
+                    lambda l: dict(dtype=_f64() if l.dtype.name == "float64" else None)),
+        lambda x: x.reshape(-1, x.shape[-1]), _trailing, rms=True),
 }
+
+
+def _f64():
+    import torch
+    return torch.float64
 
 
 # --- Environment ---
@@ -375,7 +548,7 @@ def parse_args(argv):
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     a = p.parse_args(argv)
     for name, known in (("layers", LAYERS), ("compare", PEERS),
-                        ("modes", ("train", "eval", "eval-out", "backward"))):
+                        ("modes", ALL_MODES)):
         bad = [v for v in (getattr(a, name) or []) if v not in known]
         if bad:
             p.error(f"--{name}: unknown {', '.join(bad)} (choose from {', '.join(known)})")
@@ -407,7 +580,7 @@ def plan(a, p):
     for s in a.shapes or []:
         if not any(LAYERS[n].accepts(s) for n in a.layers):
             p.error(f"--shapes: {'x'.join(map(str, s))} fits none of the layers "
-                    f"({'; '.join(f'{LAYERS[n].title}: {LAYERS[n].rank}-d' for n in a.layers)})")
+                    f"({', '.join(LAYERS[n].title for n in a.layers)})")
     if not cases:
         p.error("nothing to run for these --layers / --shapes / --modes")
     return cases
@@ -490,7 +663,7 @@ def main(argv=None):
             res, diffs = run_row(spec, s, mode, nthreads, peers, args, torch)
             if progress:
                 sys.stderr.write("\r\033[K")
-            nbytes = BYTES_PER_S[mode] * s["x"].nbytes
+            nbytes = spec.bytes_model[mode] * s["x"].nbytes
             table.row(name, mode, nthreads, nbytes, res)
             records.append({"layer": spec.title, "shape": list(shape), "dtype": dtype.name,
                             "mode": mode, "threads": nthreads, "bytes_moved": nbytes,
