@@ -11,7 +11,8 @@ from fastnorm import _kernels
 
 # sizes: odd, even, 1, >= C; shapes: 3D, 4D, 5D, odd spatial sizes
 CASES = [(5, (4, 12, 7, 7)), (2, (3, 5, 9)), (4, (2, 6, 3, 3, 3)), (9, (2, 4, 10)),
-         (1, (2, 3, 5)), (3, (1, 96, 11, 11)), (6, (2, 6, 13)), (7, (1, 7, 1))]
+         (1, (2, 3, 5)), (3, (1, 96, 11, 11)), (6, (2, 6, 13)), (7, (1, 7, 1)),
+         (3, (2, 1, 5)), (2, (2, 1, 3, 3))]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
