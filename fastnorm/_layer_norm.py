@@ -73,36 +73,51 @@ def check_rows(where, x, nshape):
     return x
 
 
-def forward(where, x, nshape, weight, bias, eps, out, rms):
-    """LayerNorm (rms=False) or RMSNorm of a checked x.  Returns (y, SavedRows)."""
+def statistics(where, x, nshape, weight, bias, eps, rms):
+    """Checks, and the row statistics of a checked x, as SavedRows (no output)."""
     dt = x.dtype
     D = int(np.prod(nshape))
-    w = _row_param(weight, "weight", nshape, dt, where)
-    b = _row_param(bias, "bias", nshape, dt, where)
-    out = ck.out_array(out, x.shape, dt, x, where)
+    _row_param(weight, "weight", nshape, dt, where)
+    _row_param(bias, "bias", nshape, dt, where)
     x2 = np.ascontiguousarray(x).reshape(-1, D)
     if not x2.flags.aligned:  # pragma: no cover - numpy allocates aligned
         x2 = x2.copy()
-    y = out if out is not None else np.empty(x.shape, dtype=dt)
     R = x2.shape[0]
     if R == 0:
-        return y, SavedRows(x2, x.shape, np.zeros(0), np.zeros(0), rms, False)
+        return SavedRows(x2, x.shape, np.zeros(0), np.zeros(0), rms, False)
     mean = np.empty(R)
     var = np.empty(R)
     _kernels.batch_stats(x2.reshape(1, R, D), mean, var)
     if rms:
         invstd = 1.0 / np.sqrt(var + mean * mean + eps)
         mean = np.zeros(R)
-        center = shift = mean
     else:
         invstd = 1.0 / np.sqrt(var + eps)
-        center = mean.astype(dt).astype(np.float64)
-        shift = (center - mean) * invstd
-    _kernels.layer_affine(x2, y.reshape(R, D), center, invstd, shift,
+    return SavedRows(x2, x.shape, mean, invstd, rms, False)
+
+
+def forward(where, x, nshape, weight, bias, eps, out, rms):
+    """LayerNorm (rms=False) or RMSNorm of a checked x.  Returns (y, SavedRows)."""
+    dt = x.dtype
+    D = int(np.prod(nshape))
+    out = ck.out_array(out, x.shape, dt, x, where)
+    saved = statistics(where, x, nshape, weight, bias, eps, rms)
+    y = out if out is not None else np.empty(x.shape, dtype=dt)
+    R = saved.x2.shape[0]
+    if R == 0:
+        return y, saved
+    w = _row_param(weight, "weight", nshape, dt, where)
+    b = _row_param(bias, "bias", nshape, dt, where)
+    if rms:
+        center = shift = saved.mean          # zeros
+    else:
+        center = saved.mean.astype(dt).astype(np.float64)
+        shift = (center - saved.mean) * saved.invstd
+    _kernels.layer_affine(saved.x2, y.reshape(R, D), center, saved.invstd, shift,
                           w if w is not None else np.ones(D, dt),
                           b if b is not None else np.zeros(D, dt))
-    return y, SavedRows(x2, x.shape, mean, invstd, rms,
-                        out is not None and np.may_share_memory(out, x2))
+    saved.overwritten = out is not None and np.may_share_memory(out, saved.x2)
+    return y, saved
 
 
 def backward(where, grad_output, saved, weight, nshape, need_weight, need_bias):

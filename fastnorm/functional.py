@@ -158,8 +158,8 @@ def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=
     where = "layer_norm_backward"
     nshape = _ln.normalized_shape_value(normalized_shape, where)
     x = _ln.check_rows(where, input, nshape)
-    _, saved = _ln.forward(where, x, nshape, weight, bias, _bn.ck.eps_value(eps, where),
-                           None, rms=False)
+    saved = _ln.statistics(where, x, nshape, weight, bias, _bn.ck.eps_value(eps, where),
+                           rms=False)
     return _ln.backward(where, grad_output, saved, weight, nshape, weight is not None,
                         bias is not None)
 
@@ -181,8 +181,8 @@ def rms_norm_backward(grad_output, input, normalized_shape, weight=None, eps=Non
     where = "rms_norm_backward"
     nshape = _ln.normalized_shape_value(normalized_shape, where)
     x = _ln.check_rows(where, input, nshape)
-    _, saved = _ln.forward(where, x, nshape, weight, None,
-                           _ln.rms_eps(eps, x.dtype, where), None, rms=True)
+    saved = _ln.statistics(where, x, nshape, weight, None,
+                           _ln.rms_eps(eps, x.dtype, where), rms=True)
     return _ln.backward(where, grad_output, saved, weight, nshape, weight is not None, False)
 
 
