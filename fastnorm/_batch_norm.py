@@ -138,19 +138,8 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias, grad_inp
     input's dtype.  grad_input = d/dx of sum(grad_output * y).
     """
     dt = saved.x3.dtype
-    if saved.overwritten:
-        raise RuntimeError(
-            f"{where}: the forward call wrote its output over its input (out=x), "
-            "so the input needed by backward is gone; run forward without "
-            "out=x to take gradients"
-        )
-    g = ck.as_float_array(grad_output, "grad_output", where)
-    if g.shape != tuple(saved.shape):
-        raise ValueError(
-            f"{where}: grad_output has shape {ck.shape_str(g.shape)}, expected "
-            f"{ck.shape_str(saved.shape)} (the shape of the forward input)"
-        )
-    ck.check_dtype_match(g, dt, "grad_output", where)
+    ck.input_kept(saved.overwritten, where)
+    g = ck.grad_output(grad_output, saved.shape, dt, where)
     if weight is not None:
         weight = ck.param(weight, "weight", saved.x3.shape[1], dt, where)
     dx = ck.out_array(grad_input_out, saved.shape, dt, None, where)

@@ -167,3 +167,25 @@ def out_array(out, shape, dtype, x, where):
                 "pass out=x for in-place, or a separate array"
             )
     return out
+
+
+def grad_output(g, shape, dtype, where):
+    """The output gradient of a backward call: shape and dtype of the forward."""
+    g = as_float_array(g, "grad_output", where)
+    if g.shape != tuple(shape):
+        raise ValueError(
+            f"{where}: grad_output has shape {shape_str(g.shape)}, expected "
+            f"{shape_str(shape)} (the shape of the forward input)"
+        )
+    check_dtype_match(g, dtype, "grad_output", where)
+    return g
+
+
+def input_kept(overwritten, where):
+    """Refuse a backward whose forward wrote its output over its input."""
+    if overwritten:
+        raise RuntimeError(
+            f"{where}: the forward call wrote its output over its input (out=x), "
+            "so the input needed by backward is gone; run forward without "
+            "out=x to take gradients"
+        )

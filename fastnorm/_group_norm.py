@@ -56,19 +56,8 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
     whose statistics came from its input."""
     x3 = saved.x3
     dt = x3.dtype
-    if saved.overwritten:
-        raise RuntimeError(
-            f"{where}: the forward call wrote its output over its input (out=x), "
-            "so the input needed by backward is gone; run forward without "
-            "out=x to take gradients"
-        )
-    g = ck.as_float_array(grad_output, "grad_output", where)
-    if g.shape != tuple(saved.shape):
-        raise ValueError(
-            f"{where}: grad_output has shape {ck.shape_str(g.shape)}, expected "
-            f"{ck.shape_str(saved.shape)} (the shape of the forward input)"
-        )
-    ck.check_dtype_match(g, dt, "grad_output", where)
+    ck.input_kept(saved.overwritten, where)
+    g = ck.grad_output(grad_output, saved.shape, dt, where)
     N, C, L = x3.shape
     G = saved.groups
     cg = C // G

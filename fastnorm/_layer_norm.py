@@ -124,17 +124,8 @@ def backward(where, grad_output, saved, weight, nshape, need_weight, need_bias):
     """(grad_input, grad_weight, grad_bias) of the forward that made `saved`."""
     x2 = saved.x2
     dt = x2.dtype
-    if saved.overwritten:
-        raise RuntimeError(
-            f"{where}: the forward call wrote its output over its input (out=x), "
-            "so the input needed by backward is gone; run forward without "
-            "out=x to take gradients")
-    g = ck.as_float_array(grad_output, "grad_output", where)
-    if g.shape != tuple(saved.shape):
-        raise ValueError(
-            f"{where}: grad_output has shape {ck.shape_str(g.shape)}, expected "
-            f"{ck.shape_str(saved.shape)} (the shape of the forward input)")
-    ck.check_dtype_match(g, dt, "grad_output", where)
+    ck.input_kept(saved.overwritten, where)
+    g = ck.grad_output(grad_output, saved.shape, dt, where)
     R, D = x2.shape
     w = _row_param(weight, "weight", nshape, dt, where)
     dx = np.empty(saved.shape, dtype=dt)

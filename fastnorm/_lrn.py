@@ -46,12 +46,7 @@ def forward(where, x, size, alpha, beta, k, out):
 
 def backward(where, grad_output, x3, shape, size, alpha, beta, k):
     """Input gradient of the forward on x3 (contiguous (N, C, L) of `shape`)."""
-    g = ck.as_float_array(grad_output, "grad_output", where)
-    if g.shape != tuple(shape):
-        raise ValueError(
-            f"{where}: grad_output has shape {ck.shape_str(g.shape)}, expected "
-            f"{ck.shape_str(shape)} (the shape of the forward input)")
-    ck.check_dtype_match(g, x3.dtype, "grad_output", where)
+    g = ck.grad_output(grad_output, shape, x3.dtype, where)
     dx = np.empty(shape, dtype=x3.dtype)
     if g.size:
         g3 = np.ascontiguousarray(g).reshape(x3.shape)

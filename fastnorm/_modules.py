@@ -32,6 +32,13 @@ class Module:
     def __call__(self, x, out=None):
         return self.forward(x, out=out)
 
+    def _check_dtype(self, x, where):
+        """Input and layer (parameters) share one dtype: no silent conversion."""
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{where}: input has dtype {x.dtype} but the layer's dtype is "
+                f"{self.dtype}; convert the input or build the layer with dtype=np.{x.dtype}")
+
     def state_dict(self):
         """PyTorch's keys; copies of the arrays (num_batches_tracked: int64 0-d)."""
         sd = {}
@@ -146,11 +153,7 @@ class _NormBase(Module):
 
     def _check_input(self, x, where):
         x = _bn.check_input(x, where, self._ndims, layout=self._layout)
-        if x.dtype != self.dtype:
-            raise TypeError(
-                f"{where}: input has dtype {x.dtype} but the layer's dtype is "
-                f"{self.dtype}; convert the input or build the layer with dtype=np.{x.dtype}"
-            )
+        self._check_dtype(x, where)
         cdim = 0 if x.ndim == self._unbatched_ndim else 1
         if x.shape[cdim] != self.num_features:
             raise ValueError(
@@ -281,14 +284,9 @@ class _InstanceNorm(_NormBase):
         """Input gradient of the last forward call; stores weight_grad, bias_grad."""
         where = f"{type(self).__name__}.backward"
         saved, unbatched = self._saved_for_backward(where)
-        g = ck.as_float_array(grad_output, "grad_output", where)
-        if unbatched:
-            if g.shape != saved.shape[1:]:
-                raise ValueError(
-                    f"{where}: grad_output has shape {ck.shape_str(g.shape)}, expected "
-                    f"{ck.shape_str(saved.shape[1:])} (the shape of the forward input)"
-                )
-            g = g[None]
+        g = grad_output
+        if unbatched:  # the forward added the batch dim: check against the caller's shape
+            g = ck.grad_output(grad_output, saved.shape[1:], saved.x3.dtype, where)[None]
         need_w, need_b = self.weight is not None, self.bias is not None
         if isinstance(saved, _gn.SavedGroups):
             dx, gw, gb = _gn.backward(where, g, saved, self.weight, need_w, need_b)
@@ -360,11 +358,7 @@ class GroupNorm(Module):
         """Normalise x (same in training and eval); `out` may be x itself."""
         where = type(self).__name__
         x = _bn.check_input(x, where, range(2, 64), layout="(N, C, *)")
-        if x.dtype != self.dtype:
-            raise TypeError(
-                f"{where}: input has dtype {x.dtype} but the layer's dtype is "
-                f"{self.dtype}; convert the input or build the layer with dtype=np.{x.dtype}"
-            )
+        self._check_dtype(x, where)
         if x.shape[1] != self.num_channels:
             raise ValueError(
                 f"{where}: expected input with {self.num_channels} channels (dim 1), "
@@ -418,10 +412,7 @@ class _RowNorm(Module):
         """Normalise x over its trailing dims (same in training and eval)."""
         where = type(self).__name__
         x = _ln.check_rows(where, x, self.normalized_shape)
-        if x.dtype != self.dtype:
-            raise TypeError(
-                f"{where}: input has dtype {x.dtype} but the layer's dtype is "
-                f"{self.dtype}; convert the input or build the layer with dtype=np.{x.dtype}")
+        self._check_dtype(x, where)
         y, self._saved = _ln.forward(where, x, self.normalized_shape, self.weight,
                                      self.bias, self._eps(where), out, self._rms)
         return y

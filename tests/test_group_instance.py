@@ -7,6 +7,7 @@ from threadpoolctl import threadpool_limits
 import fastnorm
 import fastnorm.functional as F
 import reference as ref
+from util import finite_differences as _fd
 from fastnorm import _kernels
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-11, atol=1e-11)}
@@ -123,17 +124,6 @@ def test_functional_instance_norm(use_input_stats, rng):
         np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-10)
 
 
-def _fd(f, a, h=1e-6):
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + h
-        fp = f()
-        a[i] = old - h
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * h)
-    return g
 
 
 @pytest.mark.parametrize("make", [lambda: fastnorm.GroupNorm(2, 4, dtype=np.float64),
