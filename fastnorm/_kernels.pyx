@@ -64,6 +64,8 @@ cdef extern from "_omp_shim.h" nogil:
 
 cdef extern from "_loops.h" nogil:
     double fn_sum_f32(const float *x, int64_t n)
+    double fn_sum_blk_f32(const float *x, int64_t n)
+    void fn_dev_blk_f32(const float *x, int64_t n, float m, double *sd, double *sdd)
     double fn_sum_f64(const double *x, int64_t n)
     void fn_dev_f32(const float *x, int64_t n, double m, double *sd, double *sdd)
     void fn_dev_f64(const double *x, int64_t n, double m, double *sd, double *sdd)
@@ -271,14 +273,17 @@ cdef inline void plane_moments(const floating *x, const Units *g, int64_t i,
     for n in range(n0, n1):
         p = x + (n * g.C + c) * g.L + l0
         if floating is float:
-            s += fn_sum_f32(p, ln)
+            s += fn_sum_blk_f32(p, ln)
         else:
             s += fn_sum_f64(p, ln)
-    m = s / cnt
+    # centre the second pass on the first-pass mean rounded to the data type
+    # (float32 deviations need a float32 centre); the ordered sum of the
+    # deviations then corrects the mean exactly as before
+    m = <double><floating>(s / cnt)
     for n in range(n0, n1):
         p = x + (n * g.C + c) * g.L + l0
         if floating is float:
-            fn_dev_f32(p, ln, m, &sd, &sdd)
+            fn_dev_blk_f32(p, ln, <float>m, &sd, &sdd)
         else:
             fn_dev_f64(p, ln, m, &sd, &sdd)
     pm[at] = m + sd / cnt

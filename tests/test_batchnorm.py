@@ -291,3 +291,20 @@ def test_reset_parameters_and_running_stats(rng):
     assert int(layer.num_batches_tracked) == 0 and (layer.weight == 3).all()
     layer.reset_parameters()
     assert (layer.weight == 1).all() and (layer.bias == 0).all()
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e30, 1e37])
+def test_float32_near_its_range_keeps_finite_accurate_statistics(scale, rng):
+    """float32 statistics run in float32 blocks flushed to float64; a block
+    whose float32 sums overflow (squares above 3.4e38; at 1e37, also block
+    sums of 64 values) is redone in float64, so the result is that of the
+    float64 reference, not inf or nan.  (Values beyond ~1.7e38 are out of
+    reach: x - mean itself overflows float32 when normalising.)"""
+    x = (rng.normal(size=(4, 3, 16, 16)) * scale).astype(np.float32)
+    layer = fastnorm.BatchNorm2d(3)
+    y = layer(x)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, ref.batch_norm(x, training=True)[0], rtol=2e-5, atol=2e-5)
+    assert np.isfinite(layer.running_mean).all()
+    ln = fastnorm.LayerNorm(256)(x.reshape(12, 256))
+    np.testing.assert_allclose(ln, ref.layer_norm(x.reshape(12, 256), (256,)), rtol=2e-5, atol=2e-5)
