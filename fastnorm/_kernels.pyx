@@ -23,8 +23,11 @@ one of two modes:
 A unit is small enough to stay in L1/L2 between the two passes made over it.
 
 Statistics.  For each unit, a two-pass mean and M2 (corrected two-pass: sum of
-deviations from the first-pass mean is folded back in) with float64
-accumulators.  The per-unit partials (count, mean, M2) are then merged per
+deviations from the first-pass mean is folded back in).  float64 data, and
+rows mode, accumulate in float64 lanes; float32 data in planes mode
+accumulates float32 vectors over blocks of 64 elements, each block flushed to
+float64 (a block whose float32 sums overflow is redone in float64), centred
+on the first-pass mean rounded to float32.  Unit partials are float64.  The per-unit partials (count, mean, M2) are then merged per
 channel with Chan's formula, in unit order.  Units are computed in parallel
 (any thread may take any unit), the merge is parallel over channels, and
 neither the units nor the merge order depend on the thread count: results are
