@@ -35,8 +35,8 @@ def as_ncl(x):
     return x.reshape(x.shape[0], x.shape[1], L)
 
 
-def check_input(x, where, ndims, C=None, layout=None):
-    """x as a float ndarray of an accepted rank (and C channels if given)."""
+def check_input(x, where, ndims, layout=None):
+    """x as a float ndarray of an accepted rank."""
     x = ck.as_float_array(x, "input", where)
     if x.ndim not in ndims:
         want = " or ".join(f"{d}D" for d in ndims)
@@ -44,11 +44,6 @@ def check_input(x, where, ndims, C=None, layout=None):
         raise ValueError(
             f"{where}: expected {want} input{lay}, got {x.ndim}D input of "
             f"shape {ck.shape_str(x.shape)}"
-        )
-    if C is not None and x.shape[1] != C:
-        raise ValueError(
-            f"{where}: expected input with {C} channels (dim 1), got "
-            f"{x.shape[1]} channels in input of shape {ck.shape_str(x.shape)}"
         )
     return x
 

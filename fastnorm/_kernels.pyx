@@ -66,11 +66,9 @@ cdef extern from "_omp_shim.h" nogil:
     int FASTNORM_HAVE_OPENMP
 
 cdef extern from "_loops.h" nogil:
-    double fn_sum_f32(const float *x, int64_t n)
     double fn_sum_blk_f32(const float *x, int64_t n)
     void fn_dev_blk_f32(const float *x, int64_t n, float m, double *sd, double *sdd)
     double fn_sum_f64(const double *x, int64_t n)
-    void fn_dev_f32(const float *x, int64_t n, double m, double *sd, double *sdd)
     void fn_dev_f64(const double *x, int64_t n, double m, double *sd, double *sdd)
     void fn_dot_f32(const float *x, const float *dy, int64_t n, double m,
                     double *sdy, double *sdyx)

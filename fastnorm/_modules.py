@@ -32,6 +32,12 @@ class Module:
     def __call__(self, x, out=None):
         return self.forward(x, out=out)
 
+    def _last_forward(self, where):
+        """What the last forward call saved, or a clear error if there was none."""
+        if self._saved is None:
+            raise RuntimeError(f"{where}: no forward call to take gradients of; call the layer first")
+        return self._saved
+
     def _check_dtype(self, x, where):
         """Input and layer (parameters) share one dtype: no silent conversion."""
         if x.dtype != self.dtype:
@@ -96,7 +102,27 @@ class Module:
         return missing, unexpected
 
 
-class _NormBase(Module):
+class _Affine(Module):
+    """A layer with an optional learnable weight and bias of one shape."""
+
+    _param_names = ("weight", "bias")
+
+    def _init_params(self, shape, dtype, weight, bias):
+        self.weight = np.ones(shape, dtype) if weight else None
+        self.bias = np.zeros(shape, dtype) if (weight and bias) else None
+        self.training = True
+        self.weight_grad = None
+        self.bias_grad = None
+        self._saved = None
+
+    def reset_parameters(self):
+        if self.weight is not None:
+            self.weight[...] = 1
+        if self.bias is not None:
+            self.bias[...] = 0
+
+
+class _NormBase(_Affine):
     """Per-channel affine parameters and running statistics (BatchNorm,
     InstanceNorm): PyTorch's constructor and state."""
 
@@ -116,18 +142,13 @@ class _NormBase(Module):
         self.track_running_stats = bool(track_running_stats)
         self.dtype = ck.float_dtype(dtype, where)
         C, dt = self.num_features, self.dtype
-        self.weight = np.ones(C, dt) if self.affine else None
-        self.bias = np.zeros(C, dt) if (self.affine and bias) else None
+        self._init_params(C, dt, self.affine, bias)
         if self.track_running_stats:
             self.running_mean = np.zeros(C, dt)
             self.running_var = np.ones(C, dt)
             self.num_batches_tracked = np.zeros((), np.int64)
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
-        self.training = True
-        self.weight_grad = None
-        self.bias_grad = None
-        self._saved = None
         self._saved_training = None
 
     def reset_running_stats(self):
@@ -138,10 +159,7 @@ class _NormBase(Module):
 
     def reset_parameters(self):
         self.reset_running_stats()
-        if self.weight is not None:
-            self.weight[...] = 1
-        if self.bias is not None:
-            self.bias[...] = 0
+        super().reset_parameters()
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -167,8 +185,7 @@ class _NormBase(Module):
         return int(self.num_batches_tracked) + 1 if update else None
 
     def _saved_for_backward(self, where):
-        if self._saved is None:
-            raise RuntimeError(f"{where}: no forward call to take gradients of; call the layer first")
+        saved = self._last_forward(where)
         if self._saved_training != self.training:
             was = "training" if self._saved_training else "eval"
             now = "training" if self.training else "eval"
@@ -176,7 +193,7 @@ class _NormBase(Module):
                 f"{where}: the last forward ran in {was} mode but the layer is now in "
                 f"{now} mode; run forward again in the mode to differentiate"
             )
-        return self._saved
+        return saved
 
 
 class _BatchNorm(_NormBase):
@@ -317,11 +334,9 @@ class InstanceNorm3d(_InstanceNorm):
     _layout = "(N, C, D, H, W) or (C, D, H, W)"
 
 
-class GroupNorm(Module):
+class GroupNorm(_Affine):
     """Group normalisation: statistics per (sample, group of channels) over the
     group's channels and all spatial dims; affine per channel.  Input (N, C, *)."""
-
-    _param_names = ("weight", "bias")
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, bias=True,
                  dtype=np.float32):
@@ -336,19 +351,7 @@ class GroupNorm(Module):
         self.eps = ck.eps_value(eps, where)
         self.affine = bool(affine)
         self.dtype = ck.float_dtype(dtype, where)
-        C, dt = self.num_channels, self.dtype
-        self.weight = np.ones(C, dt) if self.affine else None
-        self.bias = np.zeros(C, dt) if (self.affine and bias) else None
-        self.training = True
-        self.weight_grad = None
-        self.bias_grad = None
-        self._saved = None
-
-    def reset_parameters(self):
-        if self.weight is not None:
-            self.weight[...] = 1
-        if self.bias is not None:
-            self.bias[...] = 0
+        self._init_params(self.num_channels, self.dtype, self.affine, bias)
 
     def __repr__(self):
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
@@ -371,39 +374,24 @@ class GroupNorm(Module):
     def backward(self, grad_output):
         """Input gradient of the last forward call; stores weight_grad, bias_grad."""
         where = "GroupNorm.backward"
-        if self._saved is None:
-            raise RuntimeError(f"{where}: no forward call to take gradients of; call the layer first")
-        dx, gw, gb = _gn.backward(where, grad_output, self._saved, self.weight,
+        dx, gw, gb = _gn.backward(where, grad_output, self._last_forward(where), self.weight,
                                   self.weight is not None, self.bias is not None)
         self.weight_grad, self.bias_grad = gw, gb
         return dx
 
 
-class _RowNorm(Module):
+class _RowNorm(_Affine):
     """Shared by LayerNorm and RMSNorm: per-element weight (and bias) over the
     trailing normalized_shape dims of the input."""
 
     _rms = False
-    _param_names = ("weight", "bias")
 
     def _init_rows(self, normalized_shape, elementwise_affine, bias, dtype):
         where = type(self).__name__
         self.normalized_shape = _ln.normalized_shape_value(normalized_shape, where)
         self.elementwise_affine = bool(elementwise_affine)
         self.dtype = ck.float_dtype(dtype, where)
-        shape, dt = self.normalized_shape, self.dtype
-        self.weight = np.ones(shape, dt) if self.elementwise_affine else None
-        self.bias = np.zeros(shape, dt) if (self.elementwise_affine and bias) else None
-        self.training = True
-        self.weight_grad = None
-        self.bias_grad = None
-        self._saved = None
-
-    def reset_parameters(self):
-        if self.weight is not None:
-            self.weight[...] = 1
-        if self.bias is not None:
-            self.bias[...] = 0
+        self._init_params(self.normalized_shape, self.dtype, self.elementwise_affine, bias)
 
     def _eps(self, where):
         return ck.eps_value(self.eps, where)
@@ -420,9 +408,7 @@ class _RowNorm(Module):
     def backward(self, grad_output):
         """Input gradient of the last forward call; stores weight_grad, bias_grad."""
         where = f"{type(self).__name__}.backward"
-        if self._saved is None:
-            raise RuntimeError(f"{where}: no forward call to take gradients of; call the layer first")
-        dx, gw, gb = _ln.backward(where, grad_output, self._saved, self.weight,
+        dx, gw, gb = _ln.backward(where, grad_output, self._last_forward(where), self.weight,
                                   self.normalized_shape, self.weight is not None,
                                   self.bias is not None)
         self.weight_grad, self.bias_grad = gw, gb
@@ -494,7 +480,5 @@ class LocalResponseNorm(Module):
     def backward(self, grad_output):
         """Input gradient of the last forward call."""
         where = "LocalResponseNorm.backward"
-        if self._saved is None:
-            raise RuntimeError(f"{where}: no forward call to take gradients of; call the layer first")
-        x3, shape, args = self._saved
+        x3, shape, args = self._last_forward(where)
         return _lrn.backward(where, grad_output, x3, shape, *args)

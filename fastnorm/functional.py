@@ -33,7 +33,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None,
         raise ValueError(
             f"{where}: running_mean and running_var must be given when training=False"
         )
-    momentum = _momentum(momentum, where)
+    momentum = _bn.ck.momentum_value(momentum, where, allow_none=False)
     y, _ = _bn.forward(where, x, running_mean, running_var, weight, bias,
                        batch_stats=bool(training), update=bool(training),
                        momentum=momentum, eps=eps, out=out)
@@ -73,10 +73,6 @@ def batch_norm_backward(grad_output, input, running_mean, running_var,
                         need_weight=weight is not None, need_bias=bias is not None)
 
 
-def _momentum(momentum, where):
-    return _bn.ck.momentum_value(momentum, where, allow_none=False)
-
-
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
                   use_input_stats=True, momentum=0.1, eps=1e-5, *, out=None):
     """Instance normalisation of input (N, C, *), as torch.nn.functional.instance_norm.
@@ -92,7 +88,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     if use_input_stats:
         if (running_mean is None) != (running_var is None):
             raise ValueError(f"{where}: give both running_mean and running_var, or neither")
-        momentum = _momentum(momentum, where)
+        momentum = _bn.ck.momentum_value(momentum, where, allow_none=False)
         y, _ = _gn.instance_forward(where, x, running_mean, running_var, weight, bias,
                                     running_mean is not None, momentum, eps, out)
         return y
