@@ -1,10 +1,13 @@
 """Normalisation over groups of channels of each sample: GroupNorm, and
 InstanceNorm (one channel per group).
 
-x (N, C, L) is viewed as (1, N * G, (C / G) * L): each group of a sample is
-one "channel" of the batch-norm kernels, so statistics, their thread-count
-invariance and the backward sums come from the same code.  Elementwise passes
-run over (1, N * C, L) with coefficients per (sample, channel).
+x (N, C, L) is viewed as N * G slices of (C / G) * L contiguous values, one
+per group of a sample.  Slices of at most FUSE_BYTES take the one-pass slice
+kernels (statistics and normalisation of a slice by one thread while it is in
+cache; backward likewise).  Larger slices take two passes: statistics from the
+batch-norm kernels on a (1, N * G, (C / G) * L) view (the same arithmetic as
+the slice kernels), elementwise passes over (1, N * C, L) with coefficients
+per (sample, channel).
 """
 from dataclasses import dataclass
 
@@ -12,6 +15,7 @@ import numpy as np
 
 from . import _checks as ck
 from . import _kernels
+from ._layer_norm import fused, no_array
 
 
 @dataclass
@@ -27,11 +31,32 @@ class SavedGroups:
 def statistics(x3, groups, eps):
     """(mean, biased var, invstd) per (sample, group), float64 (N * G,)."""
     N, C, L = x3.shape
-    xg = x3.reshape(1, N * groups, (C // groups) * L)
+    D = (C // groups) * L
     mean = np.empty(N * groups)
     var = np.empty(N * groups)
-    _kernels.batch_stats(xg, mean, var)
+    if fused(D, x3.dtype):
+        invstd = np.empty(N * groups)
+        _kernels.slice_stats(x3.reshape(N * groups, D), eps, False, mean, var, invstd)
+        return mean, var, invstd
+    _kernels.batch_stats(x3.reshape(1, N * groups, D), mean, var)
     return mean, var, 1.0 / np.sqrt(var + eps)
+
+
+def fused_forward(x3, y3, groups, weight, bias, eps):
+    """One-pass statistics and normalisation; (mean, var, invstd), or None
+    when the slices are too large for the one-pass kernel."""
+    N, C, L = x3.shape
+    D = (C // groups) * L
+    if not fused(D, x3.dtype):
+        return None
+    dt = x3.dtype
+    R = N * groups
+    mean, var, invstd = np.empty(R), np.empty(R), np.empty(R)
+    _kernels.slice_forward(x3.reshape(R, D), y3.reshape(R, D), groups, C // groups,
+                           eps, False, weight if weight is not None else no_array(dt),
+                           weight is not None, bias if bias is not None else no_array(dt),
+                           bias is not None, mean, var, invstd)
+    return mean, var, invstd
 
 
 def normalise(x3, y3, groups, mean, invstd, weight, bias):
@@ -68,12 +93,30 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
         z = np.zeros(C, dtype=dt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)
     g3 = np.ascontiguousarray(g).reshape(1, N * C, L)
-    xf = x3.reshape(1, N * C, L)
-
-    mean_nc = np.repeat(saved.mean, cg)
     inv_nc = np.repeat(saved.invstd, cg)
     s1 = np.empty(N * C)    # sum of dy per (n, c)
     s2 = np.empty(N * C)    # sum of dy * (x - mean) per (n, c)
+    if fused(cg * L, dt):
+        _kernels.slice_backward(x3.reshape(N * G, cg * L), g3.reshape(N * G, cg * L),
+                                dx.reshape(N * G, cg * L), G, cg, False,
+                                weight if weight is not None else no_array(dt),
+                                weight is not None, saved.mean, saved.invstd, s1, s2)
+    else:
+        _backward_two_pass(x3, g3, dx, saved, weight, s1, s2)
+    gw = (inv_nc * s2).reshape(N, C).sum(axis=0).astype(dt) if need_weight else None
+    gb = s1.reshape(N, C).sum(axis=0).astype(dt) if need_bias else None
+    return dx, gw, gb
+
+
+def _backward_two_pass(x3, g3, dx, saved, weight, s1, s2):
+    """Input gradient of large slices: sums pass, then elementwise pass."""
+    N, C, L = x3.shape
+    G = saved.groups
+    cg = C // G
+    dt = x3.dtype
+    xf = x3.reshape(1, N * C, L)
+    mean_nc = np.repeat(saved.mean, cg)
+    inv_nc = np.repeat(saved.invstd, cg)
     _kernels.batch_bwd_sums(xf, g3, mean_nc, s1, s2)
 
     w_nc = np.tile(weight.astype(np.float64), N) if weight is not None else np.ones(N * C)
@@ -81,15 +124,11 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
     sum_dxhat = (w_nc * s1).reshape(N * G, cg).sum(axis=1)
     sum_dxhat_xmu = (w_nc * s2).reshape(N * G, cg).sum(axis=1)
     a = w_nc * inv_nc
-    b = np.repeat(saved.invstd ** 3 * sum_dxhat_xmu / m, cg)
+    b = np.repeat(saved.invstd * saved.invstd * saved.invstd * sum_dxhat_xmu / m, cg)
     k = np.repeat(saved.invstd * sum_dxhat / m, cg)
     center = mean_nc.astype(dt).astype(np.float64)
     k += b * (center - mean_nc)
     _kernels.batch_bwd_input(xf, g3, dx.reshape(1, N * C, L), center, a, b, k)
-
-    gw = (inv_nc * s2).reshape(N, C).sum(axis=0).astype(dt) if need_weight else None
-    gb = s1.reshape(N, C).sum(axis=0).astype(dt) if need_bias else None
-    return dx, gw, gb
 
 
 def _prepare(where, x, C, weight, bias, eps, out):
@@ -115,8 +154,11 @@ def group_forward(where, x, groups, weight, bias, eps, out):
     y = out if out is not None else np.empty(x.shape, dtype=x.dtype)
     if x.size == 0:
         return y, SavedGroups(x3, x.shape, groups, np.zeros(0), np.zeros(0), False)
-    mean, _, invstd = statistics(x3, groups, eps)
-    normalise(x3, y.reshape(x3.shape), groups, mean, invstd, weight, bias)
+    stats = fused_forward(x3, y.reshape(x3.shape), groups, weight, bias, eps)
+    if stats is None:
+        stats = statistics(x3, groups, eps)
+        normalise(x3, y.reshape(x3.shape), groups, stats[0], stats[2], weight, bias)
+    mean, _, invstd = stats
     return y, SavedGroups(x3, x.shape, groups, mean, invstd,
                           out is not None and np.may_share_memory(out, x3))
 
@@ -150,8 +192,11 @@ def instance_forward(where, x, running_mean, running_var, weight, bias,
     y = out if out is not None else np.empty(x.shape, dtype=dt)
     if N == 0:  # no instances: nothing to normalise, nothing to average
         return y, SavedGroups(x3, x.shape, C, np.zeros(0), np.zeros(0), False)
-    mean, var, invstd = statistics(x3, C, eps)
-    normalise(x3, y.reshape(x3.shape), C, mean, invstd, weight, bias)
+    stats = fused_forward(x3, y.reshape(x3.shape), C, weight, bias, eps)
+    if stats is None:
+        stats = statistics(x3, C, eps)
+        normalise(x3, y.reshape(x3.shape), C, stats[0], stats[2], weight, bias)
+    mean, var, invstd = stats
     if update and running_mean is not None:
         f = momentum if momentum is not None else 1.0 / nbt
         batch_mean = mean.reshape(N, C).mean(axis=0)

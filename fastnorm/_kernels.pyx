@@ -32,7 +32,16 @@ channel with Chan's formula, in unit order.  Units are computed in parallel
 (any thread may take any unit), the merge is parallel over channels, and
 neither the units nor the merge order depend on the thread count: results are
 bitwise identical whatever the number of threads.  Backward sums (sum of dy,
-sum of dy * (x - mean)) use the same units and the same ordered merge.
+sum of dy * (x - mean)) use the same units and the same ordered merge; for
+float32 they too run in float32 blocks, centred on the mean rounded to
+float32 and corrected for that rounding in float64.
+
+Slices.  Normalisations whose statistics cover contiguous slices (LayerNorm,
+RMSNorm rows; GroupNorm and InstanceNorm groups of a sample) use fused slice
+kernels when a slice fits in L2: one thread computes a slice's statistics and
+normalises it (or its backward sums, then its gradient) in one read from
+memory, and prefetches its next slice during the passes that run from cache.
+A slice's statistics use the same pieces and merge as above.
 
 Elementwise passes (normalise, input gradient) go over pieces of planes
 (planes mode) or of rows, with per-column coefficients expanded once per call
@@ -56,7 +65,8 @@ one-thread region costs well under a microsecond.
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t
-from libc.stdlib cimport malloc, free
+from libc.math cimport sqrt
+from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memset
 
 cdef extern from "_omp_shim.h" nogil:
@@ -70,8 +80,8 @@ cdef extern from "_loops.h" nogil:
     void fn_dev_blk_f32(const float *x, int64_t n, float m, double *sd, double *sdd)
     double fn_sum_f64(const double *x, int64_t n)
     void fn_dev_f64(const double *x, int64_t n, double m, double *sd, double *sdd)
-    void fn_dot_f32(const float *x, const float *dy, int64_t n, double m,
-                    double *sdy, double *sdyx)
+    void fn_dot_blk_f32(const float *x, const float *dy, int64_t n, double m,
+                        double *sdy, double *sdyx)
     void fn_dot_f64(const double *x, const double *dy, int64_t n, double m,
                     double *sdy, double *sdyx)
     void fn_affine_f32(const float *x, float *y, int64_t n, float c, float s, float t)
@@ -81,6 +91,12 @@ cdef extern from "_loops.h" nogil:
                     float c, float a, float b, float k)
     void fn_bwd_f64(const double *x, const double *dy, double *dx, int64_t n,
                     double c, double a, double b, double k)
+    void fn_bwd_pf_f32(const float *x, const float *dy, float *dx, int64_t n,
+                       float c, float a, float b, float k, const float *px,
+                       const float *py)
+    void fn_bwd_pf_f64(const double *x, const double *dy, double *dx, int64_t n,
+                       double c, double a, double b, double k, const double *px,
+                       const double *py)
     void fn_scale_f32(const float *dy, float *dx, int64_t n, float a)
     void fn_scale_f64(const double *dy, double *dx, int64_t n, double a)
     void fn_rsum_f32(const float *x, double *acc, int64_t n)
@@ -302,7 +318,7 @@ cdef inline void plane_dot(const floating *x, const floating *dy, const Units *g
     for n in range(n0, n1):
         off = (n * g.C + c) * g.L + l0
         if floating is float:
-            fn_dot_f32(x + off, dy + off, ln, mean[c], &a, &b)
+            fn_dot_blk_f32(x + off, dy + off, ln, mean[c], &a, &b)
         else:
             fn_dot_f64(x + off, dy + off, ln, mean[c], &a, &b)
     pa[at] = a
@@ -836,6 +852,291 @@ def layer_bwd_sums(const floating[:, ::1] x, const floating[:, ::1] dy,
             col_dyxhat[d] = sb
     free(pA)
     free(c1)
+
+
+# --------------------------------------------------------------------------
+# Fused slice kernels: x (R, D), R independent slices of D contiguous
+# elements, each normalised over its own D values (LayerNorm and RMSNorm: a
+# row; GroupNorm: the K channels of one group of one sample; InstanceNorm:
+# one plane).  One thread takes a whole slice: its statistics, then its
+# normalisation (or its backward sums, then its input gradient) while the
+# slice is still in L1/L2, so the data comes from memory once per call.
+# A slice's statistics are computed exactly as batch_stats computes those of
+# a channel of a (1, R, D) view: pieces of UNIT elements, Chan-merged in
+# order; nothing depends on which thread took the slice.
+#
+# Weights: G == 0: one weight and bias per column of the row (LayerNorm);
+# G > 0: slice r = (sample, group r % G) holds K = C // G channel planes of
+# D // K elements each, channel (r % G) * K + k with weight[ch], bias[ch].
+# --------------------------------------------------------------------------
+
+cdef inline void run_moments(const floating *p, int64_t n, double *pm,
+                             double *pm2) noexcept nogil:
+    """Two-pass mean and M2 of one run of n values (= plane_moments)."""
+    cdef double s, sd = 0.0, sdd = 0.0, cnt = <double>n, m
+    if floating is float:
+        s = fn_sum_blk_f32(p, n)
+    else:
+        s = fn_sum_f64(p, n)
+    m = <double><floating>(s / cnt)
+    if floating is float:
+        fn_dev_blk_f32(p, n, <float>m, &sd, &sdd)
+    else:
+        fn_dev_f64(p, n, m, &sd, &sdd)
+    pm[0] = m + sd / cnt
+    sdd = sdd - sd * sd / cnt
+    pm2[0] = sdd if sdd > 0.0 else 0.0
+
+
+cdef struct Moments:
+    double mean, var
+
+
+cdef inline Moments slice_moments(const floating *p, int64_t D) noexcept nogil:
+    """Mean and biased variance of p[0:D]: pieces of UNIT, Chan-merged.
+
+    Returned by value: inside prange, a variable is private to the thread
+    only when the loop assigns it; one written through its address is
+    shared by the team."""
+    cdef Moments res
+    cdef int64_t j0, ln
+    cdef double cnt = 0.0, mu = 0.0, m2 = 0.0, nb, tot, d, pm, pm2
+    j0 = 0
+    while j0 < D:
+        ln = D - j0
+        if ln > UNIT:
+            ln = UNIT
+        run_moments(p + j0, ln, &pm, &pm2)
+        nb = <double>ln
+        tot = cnt + nb
+        d = pm - mu
+        mu = mu + d * (nb / tot)
+        m2 = m2 + pm2 + d * d * (cnt * nb / tot)
+        cnt = tot
+        j0 += ln
+    res.mean = mu
+    res.var = (m2 if m2 > 0.0 else 0.0) / cnt
+    return res
+
+
+cdef inline void slice_normalise(const floating *x, floating *y, int64_t D,
+                                 int64_t r, int64_t G, int64_t K, double m,
+                                 double inv, bint rms, const floating *w,
+                                 const floating *b) noexcept nogil:
+    """y = (x - m) * inv, then the weight and bias, as (x - c) * s + t."""
+    cdef double c = 0.0 if rms else <double><floating>m
+    cdef double s, t
+    cdef int64_t k, ch, L
+    if G == 0:
+        t = (c - m) * inv
+        if w != NULL:
+            if floating is float:
+                fn_lnaff_f32(x, y, D, <float>c, <float>inv, <float>t, w, b)
+            else:
+                fn_lnaff_f64(x, y, D, c, inv, t, w, b)
+        else:
+            if floating is float:
+                fn_affine_f32(x, y, D, <float>c, <float>inv, <float>t)
+            else:
+                fn_affine_f64(x, y, D, c, inv, t)
+        return
+    L = D // K
+    for k in range(K):
+        ch = (r % G) * K + k
+        s = inv * <double>w[ch] if w != NULL else inv
+        t = (c - m) * s
+        if b != NULL:
+            t = t + <double>b[ch]
+        if floating is float:
+            fn_affine_f32(x + k * L, y + k * L, L, <float>c, <float>s, <float>t)
+        else:
+            fn_affine_f64(x + k * L, y + k * L, L, c, s, t)
+
+
+def slice_forward(const floating[:, ::1] x, floating[:, ::1] out, int64_t G,
+                  int64_t K, double eps, bint rms, const floating[::1] weight,
+                  bint has_weight, const floating[::1] bias, bint has_bias,
+                  double[::1] mean, double[::1] var, double[::1] invstd):
+    """Statistics and normalisation of each slice (row) of x, one pass.
+
+    IN x (R, D), R * D > 0; OUT out (R, D), may be x.  G, K: see above
+    (G = 0: weight and bias of shape (D,); else (G * K,)); has_*: whether
+    weight / bias are used (else any array of the dtype is passed).
+    OUT mean, var (R,): the slice's mean (0 with rms: the centre used) and
+    biased variance; OUT invstd (R,): 1 / sqrt(var + eps), or with rms
+    1 / sqrt(var + mean**2 + eps), the slice then scaled around 0.
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], r
+    cdef int nt = threads_for(R * D, R)
+    cdef const floating *px = &x[0, 0]
+    cdef floating *po = &out[0, 0]
+    cdef const floating *w = &weight[0] if has_weight else NULL
+    cdef const floating *b = &bias[0] if has_bias else NULL
+    cdef double m, v, inv
+    cdef Moments mo
+    with nogil:
+        for r in prange(R, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            mo = slice_moments(px + r * D, D)
+            m = mo.mean
+            v = mo.var
+            if rms:
+                inv = 1.0 / sqrt(v + m * m + eps)
+            else:
+                inv = 1.0 / sqrt(v + eps)
+            mean[r] = 0.0 if rms else m
+            var[r] = v
+            invstd[r] = inv
+            slice_normalise(px + r * D, po + r * D, D, r, G, K, 0.0 if rms else m,
+                            inv, rms, w, b)
+
+
+def slice_stats(const floating[:, ::1] x, double eps, bint rms, double[::1] mean,
+                double[::1] var, double[::1] invstd):
+    """The statistics of slice_forward without its output (same arithmetic).
+
+    IN x (R, D), R * D > 0; OUT mean, var, invstd (R,).
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], r
+    cdef int nt = threads_for(R * D, R)
+    cdef const floating *px = &x[0, 0]
+    cdef double m, v
+    cdef Moments mo
+    with nogil:
+        for r in prange(R, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            mo = slice_moments(px + r * D, D)
+            m = mo.mean
+            v = mo.var
+            mean[r] = 0.0 if rms else m
+            var[r] = v
+            invstd[r] = 1.0 / sqrt(v + m * m + eps) if rms else 1.0 / sqrt(v + eps)
+
+
+cdef inline void row_backward(const floating *x, const floating *dy, floating *dx,
+                              int64_t D, const floating *w, double m, double inv,
+                              bint rms, double *c1, double *c2) noexcept nogil:
+    """One row of the LayerNorm/RMSNorm backward; adds its column sums."""
+    cdef int64_t j0 = 0, ln
+    cdef double A = 0.0, B = 0.0, a, bb, c, q, k
+    while j0 < D:
+        ln = D - j0
+        if ln > UNIT:
+            ln = UNIT
+        a = 0.0
+        bb = 0.0
+        if floating is float:
+            fn_lnsums_f32(x + j0, dy + j0, w + j0, ln, m, inv, &a, &bb, c1 + j0, c2 + j0)
+        else:
+            fn_lnsums_f64(x + j0, dy + j0, w + j0, ln, m, inv, &a, &bb, c1 + j0, c2 + j0)
+        A = A + a
+        B = B + bb
+        j0 += ln
+    # dx = inv * w * dy - q * (x - m) - inv * A / D, with x - m = (x - c) + (c - m)
+    q = inv * inv * inv * B / <double>D
+    if rms:
+        c = 0.0
+        k = 0.0
+    else:
+        c = <double><floating>m
+        k = inv * A / <double>D + q * (c - m)
+    if floating is float:
+        fn_lnbwd_f32(x, dy, dx, D, w, <float>c, <float>inv, <float>q, <float>k)
+    else:
+        fn_lnbwd_f64(x, dy, dx, D, w, c, inv, q, k)
+
+
+cdef inline void group_backward(const floating *x, const floating *dy, floating *dx,
+                                int64_t D, int64_t r, int64_t G, int64_t K,
+                                const floating *w, double m, double inv,
+                                double *s1, double *s2) noexcept nogil:
+    """One slice of the GroupNorm/InstanceNorm backward; stores the sums of
+    dy and of dy * (x - m) of each of its channel planes in s1, s2."""
+    cdef int64_t L = D // K, k, ch
+    cdef double A = 0.0, B = 0.0, sa, sb, wv, c, q, kk
+    for k in range(K):
+        sa = 0.0
+        sb = 0.0
+        if floating is float:
+            fn_dot_blk_f32(x + k * L, dy + k * L, L, m, &sa, &sb)
+        else:
+            fn_dot_f64(x + k * L, dy + k * L, L, m, &sa, &sb)
+        s1[k] = sa
+        s2[k] = sb
+        wv = <double>w[(r % G) * K + k] if w != NULL else 1.0
+        A = A + wv * sa
+        B = B + wv * sb
+    q = inv * inv * inv * B / <double>D
+    c = <double><floating>m
+    kk = inv * A / <double>D + q * (c - m)
+    for k in range(K):
+        ch = (r % G) * K + k
+        wv = <double>w[ch] if w != NULL else 1.0
+        # prefetch the same part of the next slice (taken next by this thread)
+        if floating is float:
+            fn_bwd_pf_f32(x + k * L, dy + k * L, dx + k * L, L, <float>c,
+                          <float>(wv * inv), <float>q, <float>kk, x + D + k * L,
+                          dy + D + k * L)
+        else:
+            fn_bwd_pf_f64(x + k * L, dy + k * L, dx + k * L, L, c, wv * inv, q, kk,
+                          x + D + k * L, dy + D + k * L)
+
+
+def slice_backward(const floating[:, ::1] x, const floating[:, ::1] dy,
+                   floating[:, ::1] dx, int64_t G, int64_t K, bint rms,
+                   const floating[::1] weight, bint has_weight,
+                   const double[::1] mean, const double[::1] invstd,
+                   double[::1] sum1, double[::1] sum2):
+    """Input gradient of slice_forward (statistics from the slice), one pass
+    over x and dy per slice, and the sums behind the weight/bias gradients.
+
+    IN x, dy (R, D), R * D > 0; OUT dx (R, D), may alias dy; IN mean, invstd
+    (R,) as slice_forward returned them (mean is ignored with rms).
+    G == 0 (rows): weight (D,), needed (pass ones when there is none);
+      OUT sum1[d] = sum_r dy, sum2[d] = sum_r dy * (x - m_r) * inv_r, merged
+      over fixed blocks of LAYER_ROWS rows in order.
+    G > 0 (groups): OUT sum1, sum2 (R * K,): per channel plane of each slice,
+      sum dy and sum dy * (x - m_r).
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], r, i, d, u, r1
+    cdef int64_t nb = (R + LAYER_ROWS - 1) // LAYER_ROWS
+    cdef int nt
+    cdef const floating *px = &x[0, 0]
+    cdef const floating *pg = &dy[0, 0]
+    cdef floating *po = &dx[0, 0]
+    cdef const floating *w = &weight[0] if has_weight else NULL
+    cdef double *cs = NULL
+    cdef double sa, sb
+    if G > 0:
+        nt = threads_for(2 * R * D, R)
+        with nogil:
+            for r in prange(R, num_threads=nt, schedule='static'):
+                note_threads(nt)
+                group_backward(px + r * D, pg + r * D, po + r * D, D, r, G, K, w,
+                               mean[r], invstd[r], &sum1[r * K], &sum2[r * K])
+        return
+    cs = <double *>calloc(2 * nb * D, sizeof(double))
+    if cs == NULL:
+        raise MemoryError()
+    nt = threads_for(2 * R * D, nb)
+    with nogil:
+        for i in prange(nb, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            r1 = (i + 1) * LAYER_ROWS
+            if r1 > R:
+                r1 = R
+            for r in range(i * LAYER_ROWS, r1):
+                row_backward(px + r * D, pg + r * D, po + r * D, D, &weight[0],
+                             mean[r], invstd[r], rms, cs + i * D, cs + (nb + i) * D)
+        for d in prange(D, num_threads=nt, schedule='static'):
+            sa = 0.0
+            sb = 0.0
+            for u in range(nb):
+                sa = sa + cs[u * D + d]
+                sb = sb + cs[(nb + u) * D + d]
+            sum1[d] = sa
+            sum2[d] = sb
+    free(cs)
 
 
 # --------------------------------------------------------------------------

@@ -1,12 +1,17 @@
 """Normalisation of each row over its trailing `normalized_shape` elements:
 LayerNorm (mean and variance) and RMSNorm (root mean square).
 
-x is viewed as contiguous (R, D), D = prod(normalized_shape).  Row statistics
-come from the batch-norm statistics kernel on a (1, R, D) view (Chan-merged,
-thread-invariant); RMSNorm's mean square is var + mean**2, two non-negative
-terms, so nothing cancels.  The layer kernels apply the per-column weight and
-bias, and compute the backward sums in one fused pass.
+x is viewed as contiguous (R, D), D = prod(normalized_shape).  Rows of at
+most FUSE_BYTES go to the fused slice kernels: one thread computes a row's
+statistics and normalises it (backward: its sums, then its gradient) while
+the row is in cache, one read of the data per call.  Longer rows (too few to
+share among threads, too long for the cache) take two passes: statistics from
+the batch-norm kernel on a (1, R, D) view, parallel within the row, then the
+layer kernels.  Both compute a row's statistics with the same arithmetic
+(pieces of 4096, Chan-merged in order); RMSNorm's mean square is
+var + mean**2, two non-negative terms, so nothing cancels.
 """
+import functools
 import numbers
 from dataclasses import dataclass
 
@@ -14,6 +19,32 @@ import numpy as np
 
 from . import _checks as ck
 from . import _kernels
+
+
+# Rows of at most this many bytes are normalised in one pass (the row, and
+# for the backward its gradient, stay in L2 between the two loops over it).
+FUSE_BYTES = 512 * 1024
+
+
+def fused(D, dtype):
+    """Whether rows of D elements of dtype take the one-pass kernels."""
+    return D * np.dtype(dtype).itemsize <= FUSE_BYTES
+
+
+@functools.lru_cache(maxsize=32)
+def unit_weight(D, dtype):
+    """A read-only weight of ones (shared: no allocation per call)."""
+    w = np.ones(D, dtype)
+    w.flags.writeable = False
+    return w
+
+
+@functools.lru_cache(maxsize=4)
+def no_array(dtype):
+    """Placeholder for an absent weight or bias (the kernel never reads it)."""
+    a = np.empty(0, dtype)
+    a.flags.writeable = False
+    return a
 
 
 @dataclass
@@ -62,6 +93,14 @@ def _row_param(a, name, nshape, dtype, where):
     return np.ascontiguousarray(a).reshape(-1)
 
 
+def _as_rows(x, D):
+    """Contiguous aligned (R, D) view of x (a copy only if x is not)."""
+    x2 = np.ascontiguousarray(x).reshape(-1, D)
+    if not x2.flags.aligned:  # pragma: no cover - numpy allocates aligned
+        x2 = x2.copy()
+    return x2
+
+
 def check_rows(where, x, nshape):
     """x as a float ndarray whose trailing dims are nshape."""
     x = ck.as_float_array(x, "input", where)
@@ -79,14 +118,16 @@ def statistics(where, x, nshape, weight, bias, eps, rms):
     D = int(np.prod(nshape))
     _row_param(weight, "weight", nshape, dt, where)
     _row_param(bias, "bias", nshape, dt, where)
-    x2 = np.ascontiguousarray(x).reshape(-1, D)
-    if not x2.flags.aligned:  # pragma: no cover - numpy allocates aligned
-        x2 = x2.copy()
+    x2 = _as_rows(x, D)
     R = x2.shape[0]
     if R == 0:
         return SavedRows(x2, x.shape, np.zeros(0), np.zeros(0), rms, False)
     mean = np.empty(R)
     var = np.empty(R)
+    if fused(D, dt):
+        invstd = np.empty(R)
+        _kernels.slice_stats(x2, eps, rms, mean, var, invstd)
+        return SavedRows(x2, x.shape, mean, invstd, rms, False)
     _kernels.batch_stats(x2.reshape(1, R, D), mean, var)
     if rms:
         invstd = 1.0 / np.sqrt(var + mean * mean + eps)
@@ -101,6 +142,20 @@ def forward(where, x, nshape, weight, bias, eps, out, rms):
     dt = x.dtype
     D = int(np.prod(nshape))
     out = ck.out_array(out, x.shape, dt, x, where)
+    if fused(D, dt) and x.size:
+        w = _row_param(weight, "weight", nshape, dt, where)
+        b = _row_param(bias, "bias", nshape, dt, where)
+        x2 = _as_rows(x, D)
+        R = x2.shape[0]
+        y = out if out is not None else np.empty(x.shape, dtype=dt)
+        mean, var, invstd = np.empty(R), np.empty(R), np.empty(R)
+        _kernels.slice_forward(x2, y.reshape(R, D), 0, 0, eps, rms,
+                               w if w is not None else no_array(dt), w is not None,
+                               b if b is not None else no_array(dt), b is not None,
+                               mean, var, invstd)
+        saved = SavedRows(x2, x.shape, mean, invstd, rms,
+                          out is not None and np.may_share_memory(out, x2))
+        return y, saved
     saved = statistics(where, x, nshape, weight, bias, eps, rms)
     y = out if out is not None else np.empty(x.shape, dtype=dt)
     R = saved.x2.shape[0]
@@ -114,7 +169,7 @@ def forward(where, x, nshape, weight, bias, eps, out, rms):
         center = saved.mean.astype(dt).astype(np.float64)
         shift = (center - saved.mean) * saved.invstd
     _kernels.layer_affine(saved.x2, y.reshape(R, D), center, saved.invstd, shift,
-                          w if w is not None else np.ones(D, dt),
+                          w if w is not None else unit_weight(D, dt),
                           b if b is not None else np.zeros(D, dt))
     saved.overwritten = out is not None and np.may_share_memory(out, saved.x2)
     return y, saved
@@ -133,9 +188,15 @@ def backward(where, grad_output, saved, weight, nshape, need_weight, need_bias):
         z = np.zeros(nshape, dtype=dt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)
     g2 = np.ascontiguousarray(g).reshape(R, D)
-    w1 = w if w is not None else np.ones(D, dt)
-    row_a, row_b = np.empty(R), np.empty(R)
+    w1 = w if w is not None else unit_weight(D, dt)
     col_dy, col_dyxhat = np.empty(D), np.empty(D)
+    if fused(D, dt):
+        _kernels.slice_backward(x2, g2, dx.reshape(R, D), 0, 0, saved.rms, w1, True,
+                                saved.mean, saved.invstd, col_dy, col_dyxhat)
+        gw = col_dyxhat.astype(dt).reshape(nshape) if need_weight else None
+        gb = col_dy.astype(dt).reshape(nshape) if need_bias else None
+        return dx, gw, gb
+    row_a, row_b = np.empty(R), np.empty(R)
     _kernels.layer_bwd_sums(x2, g2, w1, saved.mean, saved.invstd, row_a, row_b,
                             col_dy, col_dyxhat)
     inv = saved.invstd

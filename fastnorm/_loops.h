@@ -95,6 +95,11 @@ static inline void fn_dev_blk_f32(const float *x, int64_t n, float m,
     int64_t i = 0;
     for (; i + FN_BLOCK <= n; i += FN_BLOCK) {
         fn_v8f a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+        /* this second pass runs from cache: ask for the n values that follow
+         * (the next run of a thread walking memory), one line per 64 bytes,
+         * so that the first pass over them finds them on its way */
+        for (int j = 0; j < FN_BLOCK; j += 16)
+            __builtin_prefetch(x + n + i + j, 0, 3);
         for (int j = 0; j < FN_BLOCK; j += 16) {
             fn_v8f d0 = fn_load8f(x + i + j) - mv;
             fn_v8f d1 = fn_load8f(x + i + j + 8) - mv;
@@ -122,6 +127,48 @@ static inline void fn_dev_blk_f32(const float *x, int64_t n, float m,
     }
     *sd += ta;
     *sdd += tb;
+}
+
+/* sum of dy and of dy * (x - m) over [0:n]: float32 blocks of FN_BLOCK
+ * centred on mf = (float)m, flushed to float64, then corrected for the centre
+ * (dy * (x - m) = dy * (x - mf) + (mf - m) * dy); a block whose float32 sums
+ * are not finite is redone in float64.  pf: data to prefetch (the next run),
+ * read at the same pace, or NULL. */
+static inline void fn_dot_blk_f32(const float *x, const float *dy, int64_t n,
+                                  double m, double *sdy, double *sdyx)
+{
+    float mf = (float)m;
+    fn_v8f mv = {mf, mf, mf, mf, mf, mf, mf, mf};
+    double ta = 0.0, tb = 0.0;
+    int64_t i = 0;
+    for (; i + FN_BLOCK <= n; i += FN_BLOCK) {
+        fn_v8f a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+        for (int j = 0; j < FN_BLOCK; j += 16) {
+            fn_v8f g0 = fn_load8f(dy + i + j), g1 = fn_load8f(dy + i + j + 8);
+            a0 += g0;
+            a1 += g1;
+            b0 += g0 * (fn_load8f(x + i + j) - mv);
+            b1 += g1 * (fn_load8f(x + i + j + 8) - mv);
+        }
+        double a = fn_hsum8(a0 + a1), b = fn_hsum8(b0 + b1);
+        if (!__builtin_isfinite(a) || !__builtin_isfinite(b)) {
+            a = b = 0.0;
+            for (int j = 0; j < FN_BLOCK; j++) {
+                double g = (double)dy[i + j];
+                a += g;
+                b += g * ((double)x[i + j] - (double)mf);
+            }
+        }
+        ta += a;
+        tb += b;
+    }
+    for (; i < n; i++) {
+        double g = (double)dy[i];
+        ta += g;
+        tb += g * ((double)x[i] - (double)mf);
+    }
+    *sdy += ta;
+    *sdyx += tb + ((double)mf - m) * ta;
 }
 
 #define FN_LOOPS(T, SUF, LOAD)                                                \
@@ -200,6 +247,21 @@ static inline void fn_bwd_##SUF(const T *x, const T *dy, T *dx, int64_t n,    \
 {                                                                             \
     for (int64_t i = 0; i < n; i++) dx[i] = a * dy[i] - b * (x[i] - c) - k;   \
 }                                                                             \
+/* fn_bwd, also prefetching px[0:n] and py[0:n] (what the calling thread    \
+ * reads next) while this run is served from cache */                        \
+static inline void fn_bwd_pf_##SUF(const T *x, const T *dy, T *dx, int64_t n, \
+                                   T c, T a, T b, T k, const T *px,           \
+                                   const T *py)                               \
+{                                                                             \
+    const int64_t step = 64 / sizeof(T);                                      \
+    for (int64_t i0 = 0; i0 < n; i0 += step) {                                \
+        int64_t i1 = i0 + step < n ? i0 + step : n;                           \
+        __builtin_prefetch(px + i0, 0, 3);                                    \
+        __builtin_prefetch(py + i0, 0, 3);                                    \
+        for (int64_t i = i0; i < i1; i++)                                     \
+            dx[i] = a * dy[i] - b * (x[i] - c) - k;                           \
+    }                                                                         \
+}                                                                             \
 /* dx = a * dy: input gradient with fixed (running) statistics */             \
 static inline void fn_scale_##SUF(const T *dy, T *dx, int64_t n, T a)         \
 {                                                                             \
@@ -256,7 +318,11 @@ static inline void fn_rscale_##SUF(const T *dy, T *dx, const T *a, int64_t n) \
 static inline void fn_lnaff_##SUF(const T *x, T *y, int64_t n, T c, T s, T t, \
                                   const T *w, const T *b)                     \
 {                                                                             \
-    for (int64_t j = 0; j < n; j++) y[j] = ((x[j] - c) * s + t) * w[j] + b[j];\
+    if (b)                                                                    \
+        for (int64_t j = 0; j < n; j++)                                       \
+            y[j] = ((x[j] - c) * s + t) * w[j] + b[j];                        \
+    else                                                                      \
+        for (int64_t j = 0; j < n; j++) y[j] = ((x[j] - c) * s + t) * w[j];   \
 }                                                                             \
 /* dx = a * w * dy - q * (x - c) - k */                                       \
 static inline void fn_lnbwd_##SUF(const T *x, const T *dy, T *dx, int64_t n,  \

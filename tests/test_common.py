@@ -42,3 +42,35 @@ def test_reset_parameters_and_state_dict_round_trip(make, shape, rng):
         assert (layer.weight == 1).all()
     if getattr(layer, "bias", None) is not None:
         assert (layer.bias == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("make,shape", [
+    (lambda dt: fastnorm.LayerNorm(96, dtype=dt), (7, 96)),
+    (lambda dt: fastnorm.RMSNorm(96, dtype=dt), (7, 96)),
+    (lambda dt: fastnorm.GroupNorm(3, 6, dtype=dt), (4, 6, 5, 7)),
+    (lambda dt: fastnorm.InstanceNorm2d(6, affine=True, dtype=dt), (4, 6, 8, 9)),
+], ids=["layer", "rms", "group", "instance"])
+def test_one_pass_and_two_pass_kernels_agree(make, shape, dtype, rng, monkeypatch):
+    """Small slices take the fused one-pass kernels, large ones two passes;
+    both compute a slice's statistics with the same arithmetic."""
+    from fastnorm import _layer_norm
+
+    x = (rng.normal(size=shape) * 2 + 5).astype(dtype)
+    g = rng.normal(size=shape).astype(dtype)
+    w = rng.uniform(0.5, 2, make(dtype).weight.shape)
+    res = []
+    for limit in (_layer_norm.FUSE_BYTES, 0):
+        monkeypatch.setattr(_layer_norm, "FUSE_BYTES", limit)
+        layer = make(dtype)
+        layer.weight[...] = w
+        y = layer(x)
+        saved = layer._saved[0] if isinstance(layer._saved, tuple) else layer._saved
+        dx = layer.backward(g)
+        res.append((y, dx, layer.weight_grad, saved.mean, saved.invstd))
+    (y1, dx1, gw1, m1, i1), (y2, dx2, gw2, m2, i2) = res
+    assert m1.tobytes() == m2.tobytes() and i1.tobytes() == i2.tobytes()
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(y1, y2, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx1, dx2, rtol=10 * tol, atol=10 * tol)
+    np.testing.assert_allclose(gw1, gw2, rtol=10 * tol, atol=10 * tol)
