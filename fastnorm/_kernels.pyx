@@ -67,7 +67,7 @@ from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t
 from libc.math cimport sqrt
 from libc.stdlib cimport calloc, malloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 cdef extern from "_omp_shim.h" nogil:
     int omp_get_max_threads()
@@ -1229,6 +1229,28 @@ def lrn_backward(const floating[:, :, ::1] x, const floating[:, :, ::1] dy,
 # --------------------------------------------------------------------------
 # Introspection
 # --------------------------------------------------------------------------
+
+def stream_copy(const unsigned char[::1] src, unsigned char[::1] dst):
+    """dst[:] = src[:], one contiguous part per OpenMP thread, each one memcpy
+    call (a large call lets memcpy use streaming stores): the benchmark's
+    measure of the machine's memory bandwidth."""
+    cdef int64_t n = src.shape[0], i, part, lo, hi
+    cdef int nt = threads_for(n, 1 << 30)
+    if dst.shape[0] != n:
+        raise ValueError(f"stream_copy: dst has {dst.shape[0]} bytes, src {n}")
+    if n == 0:
+        return
+    part = ((n + nt - 1) // nt + 63) // 64 * 64
+    with nogil:
+        for i in prange(nt, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            lo = i * part
+            hi = lo + part
+            if hi > n:
+                hi = n
+            if lo < hi:
+                memcpy(&dst[0] + lo, &src[0] + lo, hi - lo)
+
 
 def openmp_enabled():
     """True when the extension was compiled with OpenMP."""

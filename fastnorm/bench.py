@@ -29,6 +29,15 @@ Methodology
   over x (S = x.nbytes): eval forward 2S (read x, write y), train forward 3S
   (read x for the statistics, read it again to normalise, write y), backward
   5S (read x and dy for the sums, read x and dy again and write dx).
+* The machine's memory bandwidth is measured first, at each thread count: the
+  best of a few copies of ``--copy-mib`` MiB (one memcpy per OpenMP thread,
+  large enough for streaming stores), counting bytes read plus written.
+  Column ``floor`` is the fraction of that bandwidth a row reaches: the byte
+  model's bytes / bandwidth (the time any implementation needs to move them)
+  divided by fastnorm's median.  Above 1: the data stayed in cache.
+* ``onnxruntime`` (when it and the ``onnx`` package are installed) runs a
+  one-node ONNX model of the layer (inference only: forward and eval rows)
+  with ``intra_op_num_threads`` set to the row's thread count.
 """
 import argparse
 import gc
@@ -47,7 +56,7 @@ import threadpoolctl
 import fastnorm
 from fastnorm import _kernels
 
-PEERS = ("numpy", "torch")
+PEERS = ("numpy", "torch", "onnxruntime")
 BYTES_PER_S = {"train": 3, "eval": 2, "eval-out": 2, "backward": 5}
 ALL_MODES = ("train", "eval", "eval-out", "forward", "backward")
 BYTE_MODEL = ("GB/s: bytes fastnorm moves per call / its median, with S = x.nbytes: "
@@ -149,6 +158,13 @@ class BatchNormBench:
             return dx, gw.ravel(), gb.ravel()
         return backward
 
+    def _onnxruntime(self, mode, s):
+        if mode != "eval":
+            return None                     # inference only, no out=
+        return _ort_callable("BatchNormalization", s["x"],
+                             {"w": s["w"], "b": s["b"], "rm": s["rm"], "rv": s["rv"]},
+                             {"epsilon": s["eps"]}, 15, s["threads"])
+
     def _torch(self, mode, s):
         import torch
         if mode == "eval-out":
@@ -173,6 +189,40 @@ class BatchNormBench:
         return forward
 
 
+def _ort_callable(op, x, inits, attrs, opset, threads):
+    """A callable running a one-node ONNX model op(x, *inits) in ONNX Runtime
+    at `threads` intra-op threads (no spinning between calls), or None when
+    this ONNX Runtime cannot run it."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+    elem = helper.np_dtype_to_tensor_dtype(x.dtype)
+    node = helper.make_node(op, ["x"] + list(inits), ["y"], **attrs)
+    graph = helper.make_graph(
+        [node], "fastnorm_bench", [helper.make_tensor_value_info("x", elem, x.shape)],
+        [helper.make_tensor_value_info("y", elem, x.shape)],
+        [numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3           # errors only
+    for ir in (model.ir_version, 10, 9):
+        model.ir_version = ir
+        try:
+            sess = ort.InferenceSession(model.SerializeToString(), so,
+                                        providers=["CPUExecutionProvider"])
+            break
+        except Exception as e:  # noqa: BLE001 - any ORT failure: peer not run
+            err = e
+    else:
+        print(f"note: onnxruntime cannot run {op} (opset {opset}, {x.dtype}): "
+              f"{str(err).splitlines()[0][:120]}", file=sys.stderr)
+        return None
+    feed = {"x": x}
+    return lambda: sess.run(None, feed)[0]
+
+
 class RowsBench:
     """Layers that normalise rows of a 2-D view (samples x groups, or rows x
     trailing dims) and behave alike in training and eval: modes `forward`
@@ -182,7 +232,8 @@ class RowsBench:
     modes = ("forward", "backward")
 
     def __init__(self, title, accepts, defaults, make, torch_make, view, weight_of,
-                 rms=False, bytes_model=(3, 5)):
+                 rms=False, bytes_model=(3, 5), ort=None):
+        self.ort = ort          # layer -> (ONNX op, initializers, attributes, opset)
         self.title = title
         self.accepts = accepts
         self.defaults = defaults
@@ -272,6 +323,13 @@ class RowsBench:
         return forward
 
 
+    def _onnxruntime(self, mode, s):
+        if mode != "forward" or self.ort is None:
+            return None
+        op, inits, attrs, opset = self.ort(s["layer"])
+        return _ort_callable(op, s["x"], inits, attrs, opset, s["threads"])
+
+
 class LRNBench(RowsBench):
     """LocalResponseNorm: a window over channels, no statistics."""
 
@@ -319,31 +377,41 @@ LAYERS = {
         lambda s, dt: fastnorm.InstanceNorm2d(s[1], affine=True, dtype=dt),
         _torch_like("InstanceNorm2d", lambda l: (l.num_features,),
                     lambda l: dict(affine=True, dtype=_f64() if l.dtype.name == "float64" else None)),
-        lambda x: x.reshape(x.shape[0] * x.shape[1], -1), _channels),
+        lambda x: x.reshape(x.shape[0] * x.shape[1], -1), _channels,
+        ort=lambda l: ("InstanceNormalization", {"w": l.weight, "b": l.bias},
+                       {"epsilon": l.eps}, 17)),
     "layernorm": RowsBench(
         "LayerNorm", lambda s: len(s) >= 2, (((8192, 768), ("forward", "backward")),),
         lambda s, dt: fastnorm.LayerNorm(s[-1], dtype=dt),
         _torch_like("LayerNorm", lambda l: (l.normalized_shape,),
                     lambda l: dict(dtype=_f64() if l.dtype.name == "float64" else None)),
-        lambda x: x.reshape(-1, x.shape[-1]), _trailing),
+        lambda x: x.reshape(-1, x.shape[-1]), _trailing,
+        ort=lambda l: ("LayerNormalization", {"w": l.weight, "b": l.bias},
+                       {"axis": -len(l.normalized_shape), "epsilon": l.eps}, 17)),
     "groupnorm": RowsBench(
         "GroupNorm", lambda s: len(s) >= 2 and s[1] % 32 == 0,
         (((16, 256, 32, 32), ("forward", "backward")),),
         lambda s, dt: fastnorm.GroupNorm(32, s[1], dtype=dt),
         _torch_like("GroupNorm", lambda l: (l.num_groups, l.num_channels),
                     lambda l: dict(dtype=_f64() if l.dtype.name == "float64" else None)),
-        lambda x: x.reshape(x.shape[0] * 32, -1), _channels),
+        lambda x: x.reshape(x.shape[0] * 32, -1), _channels,
+        ort=lambda l: ("GroupNormalization", {"w": l.weight, "b": l.bias},
+                       {"num_groups": l.num_groups, "epsilon": l.eps}, 21)),
     "localresponsenorm": LRNBench(
         "LocalResponseNorm", lambda s: len(s) >= 3, (((32, 96, 55, 55), ("forward", "backward")),),
         lambda s, dt: fastnorm.LocalResponseNorm(5),
         _torch_like("LocalResponseNorm", lambda l: (l.size,), lambda l: {}),
-        None, None, bytes_model=(2, 3)),
+        None, None, bytes_model=(2, 3),
+        ort=lambda l: ("LRN", {}, {"size": l.size, "alpha": l.alpha, "beta": l.beta,
+                                   "bias": l.k}, 13)),
     "rmsnorm": RowsBench(
         "RMSNorm", lambda s: len(s) >= 2, (((8192, 4096), ("forward", "backward")),),
         lambda s, dt: fastnorm.RMSNorm(s[-1], dtype=dt),
         _torch_like("RMSNorm", lambda l: (l.normalized_shape,),
                     lambda l: dict(dtype=_f64() if l.dtype.name == "float64" else None)),
-        lambda x: x.reshape(-1, x.shape[-1]), _trailing, rms=True),
+        lambda x: x.reshape(-1, x.shape[-1]), _trailing, rms=True,
+        ort=lambda l: ("RMSNormalization", {"w": l.weight},
+                       {"axis": -len(l.normalized_shape), "epsilon": l._eps("bench")}, 23)),
 }
 
 
@@ -386,16 +454,58 @@ def _torch_status(compare):
     return torch, torch.__version__, None
 
 
+def _ort_status(compare):
+    """(onnxruntime version or None, why it is not used or None)."""
+    try:
+        ver = metadata.version("onnxruntime")
+    except metadata.PackageNotFoundError:
+        ver = None
+    if "onnxruntime" not in compare:
+        return ver, "not compared"
+    if ver is None:
+        return None, "not installed"
+    try:
+        import onnx  # noqa: F401 - builds the one-node models
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return ver, f"import failed: {e} (pip install onnx onnxruntime)"
+    return ver, None
+
+
+def measure_bandwidth(threads, mib, repeat=5):
+    """{threads: bytes/s} of the best of `repeat` copies of `mib` MiB (read +
+    written bytes), each thread memcpy-ing one contiguous part."""
+    n = int(mib) << 20
+    src = np.ones(n, np.uint8)          # touched: no page faults while timing
+    dst = np.ones(n, np.uint8)
+    bw = {}
+    for t in threads:
+        with threadpoolctl.threadpool_limits(limits=t, user_api="openmp"):
+            _kernels.stream_copy(src, dst)
+            best = min(_timed(_kernels.stream_copy, src, dst) for _ in range(repeat))
+        bw[t] = 2 * n / best
+    return bw
+
+
+def _timed(fn, *a):
+    t0 = time.perf_counter()
+    fn(*a)
+    return time.perf_counter() - t0
+
+
 def environment(compare):
     """Versions, CPU and threading facts; imports torch only if compared."""
     openmp = _openmp_libs()      # before torch: these are the ones fastnorm loaded
     torch, torch_version, torch_skip = _torch_status(compare)
+    ort_version, ort_skip = _ort_status(compare)
     seen = {lib["filepath"] for lib in openmp}
     env = {
         "fastnorm": fastnorm.__version__,
         "numpy": np.__version__,
         "torch": torch_version,
         "torch_skipped": torch_skip,
+        "onnxruntime": ort_version,
+        "onnxruntime_skipped": ort_skip,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": _cpu_model(),
@@ -417,9 +527,10 @@ def print_header(env, args, peers, out):
     line("fastnorm", f"{env['fastnorm']} (built with OpenMP: {omp}; "
                      f"max threads {env['fastnorm_max_threads']})")
     line("numpy", env["numpy"])
-    skip = env["torch_skipped"]
-    line("torch", skip if env["torch"] is None else
-         env["torch"] + (f" ({skip})" if skip else ""))
+    for peer in ("torch", "onnxruntime"):
+        skip = env[peer + "_skipped"]
+        line(peer, skip if env[peer] is None else
+             env[peer] + (f" ({skip})" if skip else ""))
     line("python", f"{env['python']} ({env['platform']})")
     line("cpu", f"{env['cpu']}; {env['logical_cores']} logical cores")
     for lib in env["openmp"] or [None]:
@@ -428,11 +539,15 @@ def print_header(env, args, peers, out):
              f"version {lib['version'] or 'n/a'}")
     for lib in env["openmp_other"]:
         line("openmp+", f"also loaded by torch: {lib['prefix']} {lib['filepath']}")
-    skipped = [f"torch ({env['torch_skipped']}, skipped)"] if "torch" in args.compare \
-        and "torch" not in peers else []
+    skipped = [f"{p} ({env[p + '_skipped']}, skipped)" for p in ("torch", "onnxruntime")
+               if p in args.compare and p not in peers]
     line("compare", ", ".join(list(peers) + skipped) or "none")
     line("settings", f"dtype {args.dtype}, threads {','.join(map(str, args.threads))}, "
                      f"repeat {args.repeat}, min-time {args.min_time:g} s")
+    if env.get("bandwidth"):
+        line("memory", "copy bandwidth " + ", ".join(
+            f"{b / 1e9:.1f} GB/s at {t} thread{'s' if t > 1 else ''}"
+            for t, b in env["bandwidth"].items()) + f" ({args.copy_mib} MiB memcpy)")
     print(file=out)
 
 
@@ -521,8 +636,9 @@ def _shape(s):
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="fastnorm-bench",
-        description="Time fastnorm layers against NumPy and PyTorch peers "
-                    "(interleaved samples, medians).",
+        description="Time fastnorm layers against NumPy, PyTorch and ONNX Runtime "
+                    "peers (interleaved samples, medians), and against the machine's "
+                    "memory bandwidth.",
         epilog=BYTE_MODEL + ". Speed-up vs PEER = PEER median / fastnorm median "
                "(>1: fastnorm is faster).")
     p.add_argument("--layers", type=_csv, default=list(LAYERS),
@@ -539,12 +655,17 @@ def parse_args(argv):
                    help="comma list of train, eval, backward (eval also times "
                         "eval-out, which may be named alone); default: all the case defines")
     p.add_argument("--compare", type=_csv, default=list(PEERS),
-                   help="comma list of peers from numpy, torch (default: both); "
-                        "a peer not installed is skipped")
+                   help="comma list of peers from numpy, torch, onnxruntime (default: "
+                        "all); a peer not installed is named in the header and skipped")
     p.add_argument("--repeat", type=int, default=15, help="samples per row (default 15)")
     p.add_argument("--min-time", type=float, default=0.01,
                    help="seconds a sample loops the call for at least (default 0.01)")
+    p.add_argument("--copy-mib", type=int, default=512,
+                   help="MiB per copy when measuring the memory bandwidth at start "
+                        "(default 512; 0 skips it and the floor column)")
     p.add_argument("--json", metavar="FILE", help="write raw samples and environment")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="bar charts of speed-ups and floor fractions (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     a = p.parse_args(argv)
     for name, known in (("layers", LAYERS), ("compare", PEERS),
@@ -556,8 +677,8 @@ def parse_args(argv):
         a.threads = [int(t) for t in a.threads] if a.threads else [_kernels.max_threads()]
     except ValueError:
         p.error("--threads: expected a comma list of integers")
-    if min(a.threads) < 1 or a.repeat < 1 or a.min_time < 0:
-        p.error("--threads and --repeat must be >= 1, --min-time >= 0")
+    if min(a.threads) < 1 or a.repeat < 1 or a.min_time < 0 or a.copy_mib < 0:
+        p.error("--threads and --repeat must be >= 1, --min-time and --copy-mib >= 0")
     if a.modes and "eval" in a.modes and "eval-out" not in a.modes:
         a.modes.append("eval-out")
     a.cases = plan(a, p)
@@ -599,7 +720,7 @@ class Table:
 
     def __init__(self, case_width, peers, out):
         self.cols = [("case", case_width), ("mode", 8), ("thr", 3),
-                     ("fastnorm ms", 11), ("GB/s", 6)]
+                     ("fastnorm ms", 11), ("GB/s", 6), ("floor", 5)]
         for peer in peers:
             self.cols += [(f"{peer} ms", max(9, len(peer) + 4)), (f"vs {peer}", 8)]
         self.peers, self.out = peers, out
@@ -610,9 +731,11 @@ class Table:
         return "  ".join(v.ljust(w) if i < 2 else v.rjust(w)
                          for i, (v, (_, w)) in enumerate(zip(vals, self.cols)))
 
-    def row(self, name, mode, nthreads, nbytes, res):
+    def row(self, name, mode, nthreads, nbytes, res, bandwidth):
         fn = res["fastnorm"]
-        vals = [name, mode, str(nthreads), _ms(fn), f"{nbytes / fn['median_s'] / 1e9:.1f}"]
+        rate = nbytes / fn["median_s"]
+        vals = [name, mode, str(nthreads), _ms(fn), f"{rate / 1e9:.1f}",
+                f"{rate / bandwidth:.2f}" if bandwidth else "-"]
         for peer in self.peers:
             r = res.get(peer)
             vals += [_ms(r), f"{r['median_s'] / fn['median_s']:.2f}x"] if r else ["- ", "-"]
@@ -624,6 +747,7 @@ def run_row(spec, s, mode, nthreads, peers, args, torch):
     with threadpoolctl.threadpool_limits(limits=nthreads, user_api="openmp"):
         if torch is not None:
             torch.set_num_threads(nthreads)
+        s["threads"] = nthreads
         fns = {"fastnorm": spec.build("fastnorm", mode, s)}
         for peer in peers:
             fn = spec.build(peer, mode, s)
@@ -636,8 +760,17 @@ def run_row(spec, s, mode, nthreads, peers, args, torch):
 def main(argv=None):
     args = parse_args(argv)
     env, torch = environment(args.compare)
-    peers = [p for p in args.compare if p != "torch" or torch is not None]
+    peers = [p for p in args.compare if not (p == "torch" and torch is None)
+             and not (p == "onnxruntime" and env["onnxruntime_skipped"])]
     out = sys.stdout
+    progress = sys.stderr.isatty() and not args.quiet
+    if args.copy_mib > 0:
+        if progress:
+            sys.stderr.write(f"measuring memory bandwidth ({args.copy_mib} MiB copies) ...")
+            sys.stderr.flush()
+        env["bandwidth"] = measure_bandwidth(args.threads, args.copy_mib)
+        if progress:
+            sys.stderr.write("\r\033[K")
     print_header(env, args, peers, out)
     if not env["fastnorm_openmp_build"] and max(args.threads) > 1:
         print("note: fastnorm was built without OpenMP; its rows run on one thread\n",
@@ -648,7 +781,7 @@ def main(argv=None):
             for mode in modes for t in args.threads]
     names = [f"{spec.title} {'x'.join(map(str, shape))}" for spec, shape, _, _ in rows]
     table = Table(max(map(len, names)), peers, out)
-    progress = sys.stderr.isatty() and not args.quiet
+    bandwidth = env.get("bandwidth") or {}
     torch_threads = torch.get_num_threads() if torch else None
     rng = np.random.default_rng(0)
     records, key, s = [], None, None
@@ -664,9 +797,12 @@ def main(argv=None):
             if progress:
                 sys.stderr.write("\r\033[K")
             nbytes = spec.bytes_model[mode] * s["x"].nbytes
-            table.row(name, mode, nthreads, nbytes, res)
+            bw = bandwidth.get(nthreads)
+            table.row(name, mode, nthreads, nbytes, res, bw)
             records.append({"layer": spec.title, "shape": list(shape), "dtype": dtype.name,
                             "mode": mode, "threads": nthreads, "bytes_moved": nbytes,
+                            "floor_fraction": nbytes / res["fastnorm"]["median_s"] / bw
+                            if bw else None,
                             "results": res, "max_abs_diff_vs_fastnorm": diffs})
     finally:
         if torch is not None:
@@ -674,16 +810,58 @@ def main(argv=None):
     print(f"\nms: median per-call time of {args.repeat} interleaved samples; '*': "
           f"samples spread widely (IQR > {NOISY:.0%} of the median)\n"
           "vs PEER: PEER median / fastnorm median (>1: fastnorm is faster)\n"
+          "floor: fraction of the measured copy bandwidth at the row's thread count "
+          "(above 1: in cache)\n"
           + textwrap.fill(BYTE_MODEL, 100, subsequent_indent="  "), file=out)
 
     if args.json:
         settings = {k: getattr(args, k) for k in
                     ("layers", "dtype", "threads", "modes", "compare", "repeat", "min_time")}
         settings["peers_run"] = peers
+        settings["copy_mib"] = args.copy_mib
+        env_json = dict(env, bandwidth={str(k): v for k, v in bandwidth.items()})
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "settings": settings, "rows": records}, f, indent=1)
+            json.dump({"environment": env_json, "settings": settings, "rows": records},
+                      f, indent=1)
         print(f"wrote {args.json}", file=out)
+    if args.plot:
+        plot(records, peers, args.plot, out)
     return 0
+
+
+def plot(records, peers, path, out):
+    """Bars of the speed-up against each peer and of the floor fraction."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"--plot: matplotlib is not installed; {path} not written "
+              "(pip install matplotlib)", file=sys.stderr)
+        return
+    labels = [f"{r['layer']} {'x'.join(map(str, r['shape']))} {r['mode']} t{r['threads']}"
+              for r in records]
+    ys = np.arange(len(records))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.32 * len(records) + 1.5), sharey=True)
+    h = 0.8 / max(1, len(peers))
+    for j, peer in enumerate(peers):
+        sp = [r["results"][peer]["median_s"] / r["results"]["fastnorm"]["median_s"]
+              if peer in r["results"] else 0.0 for r in records]
+        axes[0].barh(ys + j * h, sp, height=h, label=f"vs {peer}")
+    axes[0].axvline(1.0, color="k", lw=0.8)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("speed-up (peer median / fastnorm median)")
+    axes[0].legend(loc="lower right", fontsize=8)
+    axes[1].barh(ys, [r["floor_fraction"] or 0.0 for r in records], height=0.6)
+    axes[1].axvline(1.0, color="k", lw=0.8)
+    axes[1].set_xlabel("fraction of the memory-bandwidth floor")
+    axes[0].set_yticks(ys + 0.4 - h / 2)
+    axes[0].set_yticklabels(labels, fontsize=7)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}", file=out)
 
 
 if __name__ == "__main__":
