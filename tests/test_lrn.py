@@ -16,12 +16,14 @@ CASES = [(5, (4, 12, 7, 7)), (2, (3, 5, 9)), (4, (2, 6, 3, 3, 3)), (9, (2, 4, 10
          (3, (2, 1, 5)), (2, (2, 1, 3, 3))]
 
 
+@pytest.mark.parametrize("beta", [0.75, 0.5, 1.0, 0.6], ids=lambda b: f"beta{b}")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("size,shape", CASES)
-def test_matches_reference(size, shape, dtype, rng):
+def test_matches_reference(size, shape, dtype, beta, rng):
+    """beta 0.75, 0.5 and 1 take square roots and divisions, others pow."""
     x = (rng.normal(size=shape) * 3).astype(dtype)
     g = rng.normal(size=shape).astype(dtype)
-    kw = dict(alpha=0.05, beta=0.75, k=1.5)
+    kw = dict(alpha=0.05, beta=beta, k=1.5)
     layer = fastnorm.LocalResponseNorm(size, **kw)
     y = layer(x)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
