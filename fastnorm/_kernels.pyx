@@ -65,7 +65,7 @@ one-thread region costs well under a microsecond.
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t
-from libc.math cimport sqrt
+from libc.math cimport isfinite, sqrt
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
 
@@ -131,6 +131,8 @@ cdef extern from "_loops.h" nogil:
     void fn_lnsums_f64(const double *x, const double *dy, const double *w, int64_t n,
                        double m, double inv, double *A, double *B, double *c1,
                        double *c2)
+    void fn_lnrow_f32(const float *x, const float *dy, float *dx, const float *w,
+                      int64_t n, double m, double inv, int rms, float *c1, float *c2)
     void fn_lrn_fwd_f32(const float *x, float *y, int64_t C, int64_t L, int64_t l0,
                         int64_t ln, int64_t size, double alpha, double beta, double k,
                         double *den, double *pre, double *suf)
@@ -1082,6 +1084,38 @@ cdef inline void group_backward(const floating *x, const floating *dy, floating 
                           x + D + k * L, dy + D + k * L)
 
 
+cdef inline void float_rows_block(const float *x, const float *dy, float *dx,
+                                  int64_t D, int64_t R, int64_t i, bint rms,
+                                  const float *w,
+                                  const double *mean, const double *invstd,
+                                  float *f1, float *f2, double *c1,
+                                  double *c2) noexcept nogil:
+    """Rows [i * LAYER_ROWS, ...) of a float32 row backward: float32 column
+    sums over the block (f1, f2: D floats of scratch), flushed to c1, c2; a
+    column whose float32 sum is not finite is summed again in float64."""
+    cdef int64_t r0 = i * LAYER_ROWS, r1 = r0 + LAYER_ROWS, r, d
+    cdef double s1, s2
+    if r1 > R:
+        r1 = R
+    memset(f1, 0, D * sizeof(float))
+    memset(f2, 0, D * sizeof(float))
+    for r in range(r0, r1):
+        fn_lnrow_f32(x + r * D, dy + r * D, dx + r * D, w, D, mean[r], invstd[r],
+                     rms, f1, f2)
+    for d in range(D):
+        s1 = <double>f1[d]
+        s2 = <double>f2[d]
+        if not (isfinite(s1) and isfinite(s2)):
+            s1 = 0.0
+            s2 = 0.0
+            for r in range(r0, r1):
+                s1 = s1 + <double>dy[r * D + d]
+                s2 = s2 + <double>dy[r * D + d] * ((<double>x[r * D + d] - mean[r])
+                                                    * invstd[r])
+        c1[d] = s1
+        c2[d] = s2
+
+
 def slice_backward(const floating[:, ::1] x, const floating[:, ::1] dy,
                    floating[:, ::1] dx, int64_t G, int64_t K, bint rms,
                    const floating[::1] weight, bint has_weight,
@@ -1107,6 +1141,9 @@ def slice_backward(const floating[:, ::1] x, const floating[:, ::1] dy,
     cdef const floating *w = &weight[0] if has_weight else NULL
     cdef double *cs = NULL
     cdef double sa, sb
+    cdef float *cf = NULL
+    cdef int failed = 0
+    cdef int *fail = &failed    # shared: see reduction()
     if G > 0:
         nt = threads_for(2 * R * D, R)
         with nogil:
@@ -1120,14 +1157,32 @@ def slice_backward(const floating[:, ::1] x, const floating[:, ::1] dy,
         raise MemoryError()
     nt = threads_for(2 * R * D, nb)
     with nogil:
-        for i in prange(nb, num_threads=nt, schedule='static'):
-            note_threads(nt)
-            r1 = (i + 1) * LAYER_ROWS
-            if r1 > R:
-                r1 = R
-            for r in range(i * LAYER_ROWS, r1):
-                row_backward(px + r * D, pg + r * D, po + r * D, D, &weight[0],
-                             mean[r], invstd[r], rms, cs + i * D, cs + (nb + i) * D)
+        if floating is float:
+            with parallel(num_threads=nt):
+                # float32 column sums of a block, per thread (see reduction())
+                cf = <float *>malloc((2 * D + 16) * sizeof(float))
+                if cf == NULL:
+                    fail[0] = 1
+                note_threads(nt)
+                for i in prange(nb, schedule='static'):
+                    if cf != NULL:
+                        float_rows_block(px, pg, po, D, R, i, rms, &weight[0], &mean[0],
+                                         &invstd[0], cf, cf + D + 16,
+                                         cs + i * D, cs + (nb + i) * D)
+                free(cf)
+        else:
+            for i in prange(nb, num_threads=nt, schedule='static'):
+                note_threads(nt)
+                r1 = (i + 1) * LAYER_ROWS
+                if r1 > R:
+                    r1 = R
+                for r in range(i * LAYER_ROWS, r1):
+                    row_backward(px + r * D, pg + r * D, po + r * D, D, &weight[0],
+                                 mean[r], invstd[r], rms, cs + i * D, cs + (nb + i) * D)
+    if failed:
+        free(cs)
+        raise MemoryError()
+    with nogil:
         for d in prange(D, num_threads=nt, schedule='static'):
             sa = 0.0
             sb = 0.0

@@ -362,6 +362,65 @@ static inline void fn_lnsums_##SUF(const T *x, const T *dy, const T *w,       \
     *B += fn_hsum(b0) + tb;                                                   \
 }
 
+/* One float32 row of the LayerNorm/RMSNorm backward, in float32 vectors.
+ * With xh = ((x - mf) - df) * inv (mf the mean rounded to float32, df the
+ * rounding, so x - m loses nothing to a large offset):
+ *   A = sum(dy * w), B = sum(dy * w * xh)  float32 blocks of FN_BLOCK flushed
+ *                                          to float64 (a block that is not
+ *                                          finite is redone in float64)
+ *   c1[j] += dy, c2[j] += dy * xh          float32 column sums of the caller's
+ *                                          block of rows
+ *   dx = inv * w * dy - (inv * B / n) * xh - inv * A / n
+ * (RMSNorm, rms != 0: m = 0 and no A term). */
+static inline void fn_lnrow_f32(const float *x, const float *dy, float *dx,
+                                const float *w, int64_t n, double m, double inv,
+                                int rms, float *c1, float *c2)
+{
+    float mf = (float)m, df = (float)(m - (double)mf), iv = (float)inv;
+    fn_v8f mv = {mf, mf, mf, mf, mf, mf, mf, mf};
+    fn_v8f dv = {df, df, df, df, df, df, df, df};
+    fn_v8f ivv = {iv, iv, iv, iv, iv, iv, iv, iv};
+    double A = 0.0, B = 0.0;
+    int64_t i = 0;
+    for (; i + FN_BLOCK <= n; i += FN_BLOCK) {
+        fn_v8f a = {0}, b = {0};
+        for (int j = 0; j < FN_BLOCK; j += 8) {
+            fn_v8f g = fn_load8f(dy + i + j);
+            fn_v8f xh = ((fn_load8f(x + i + j) - mv) - dv) * ivv;
+            fn_v8f gw = g * fn_load8f(w + i + j);
+            fn_v8f s1 = fn_load8f(c1 + i + j) + g, s2 = fn_load8f(c2 + i + j) + g * xh;
+            a += gw;
+            b += gw * xh;
+            __builtin_memcpy(c1 + i + j, &s1, sizeof s1);
+            __builtin_memcpy(c2 + i + j, &s2, sizeof s2);
+        }
+        double ba = fn_hsum8(a), bb = fn_hsum8(b);
+        if (!__builtin_isfinite(ba) || !__builtin_isfinite(bb)) {
+            ba = bb = 0.0;
+            for (int j = 0; j < FN_BLOCK; j++) {
+                double gw = (double)dy[i + j] * (double)w[i + j];
+                ba += gw;
+                bb += gw * (((double)x[i + j] - m) * inv);
+            }
+        }
+        A += ba;
+        B += bb;
+    }
+    for (; i < n; i++) {
+        float g = dy[i], xh = ((x[i] - mf) - df) * iv;
+        double gw = (double)dy[i] * (double)w[i];
+        A += gw;
+        B += gw * (((double)x[i] - m) * inv);
+        c1[i] += g;
+        c2[i] += g * xh;
+    }
+    float q = (float)(inv * B / (double)n), k = rms ? 0.0f : (float)(inv * A / (double)n);
+    for (int64_t j = 0; j < n; j++) {
+        float xh = ((x[j] - mf) - df) * iv;
+        dx[j] = iv * w[j] * dy[j] - q * xh - k;
+    }
+}
+
 /* Local response normalisation over channels, one strip of columns
  * [l0, l0 + ln) of one sample: x is (C, L) with row stride L.
  *

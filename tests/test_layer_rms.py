@@ -208,3 +208,22 @@ class TestTorchParity:
             torch.nn.functional.rms_norm(torch.tensor(x), (4, 6),
                                          torch.tensor(w * np.ones((4, 1)))).numpy(),
             rtol=1e-12, atol=1e-12)
+
+
+def test_float32_column_sums_that_overflow_are_redone_in_float64(rng):
+    """Weight/bias gradients of float32 rows are summed in float32 over blocks
+    of rows; a block whose float32 sum overflows is summed again in float64."""
+    layer = fastnorm.LayerNorm(40)
+    x = rng.normal(size=(6, 40)).astype(np.float32)
+    g = rng.normal(size=(6, 40)).astype(np.float32)
+    g[:, 3] = [3e38, 3e38, -3e38, -3e38, 1.0, 2.0]
+    # x at the row mean in that column: its xhat, hence its weight gradient, stays small
+    x[:, 3] = (x.sum(axis=1) - x[:, 3]) / 39
+    layer(x)
+    layer.backward(g)
+    assert layer.bias_grad[3] == np.float32(3.0)
+    _, edw, edb = ref.layer_norm_backward(g.astype(np.float64), x, (40,), layer.weight,
+                                         1e-5, False)
+    np.testing.assert_allclose(layer.bias_grad, edb, rtol=1e-6)
+    assert np.isfinite(layer.weight_grad).all()
+    np.testing.assert_allclose(layer.weight_grad, edw, rtol=1e-5, atol=1e-5 * np.abs(edw).max())
