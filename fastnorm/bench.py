@@ -521,7 +521,7 @@ def environment(compare):
 
 def print_header(env, args, peers, out):
     def line(k, v):
-        print(f"  {k:<10} {v}", file=out)
+        print(f"  {k:<11} {v}", file=out)
     print("fastnorm-bench", file=out)
     omp = "yes" if env["fastnorm_openmp_build"] else "NO (serial build)"
     line("fastnorm", f"{env['fastnorm']} (built with OpenMP: {omp}; "
