@@ -42,14 +42,17 @@ def statistics(x3, groups, eps):
     return mean, var, 1.0 / np.sqrt(var + eps)
 
 
-def fused_forward(x3, y3, groups, weight, bias, eps):
-    """One-pass statistics and normalisation; (mean, var, invstd), or None
-    when the slices are too large for the one-pass kernel."""
+def forward_slices(x3, y3, groups, weight, bias, eps):
+    """Statistics of x3 per (sample, group) and y3 = its normalisation, by the
+    one-pass slice kernel or, for large slices, two passes.
+    Returns (mean, var, invstd), float64 (N * G,)."""
     N, C, L = x3.shape
     D = (C // groups) * L
-    if not fused(D, x3.dtype):
-        return None
     dt = x3.dtype
+    if not fused(D, dt):
+        mean, var, invstd = statistics(x3, groups, eps)
+        normalise(x3, y3, groups, mean, invstd, weight, bias)
+        return mean, var, invstd
     R = N * groups
     mean, var, invstd = np.empty(R), np.empty(R), np.empty(R)
     _kernels.slice_forward(x3.reshape(R, D), y3.reshape(R, D), groups, C // groups,
@@ -102,13 +105,13 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
                                 weight if weight is not None else no_array(dt),
                                 weight is not None, saved.mean, saved.invstd, s1, s2)
     else:
-        _backward_two_pass(x3, g3, dx, saved, weight, s1, s2)
+        _backward_two_pass(x3, g3, dx, saved, weight, inv_nc, s1, s2)
     gw = (inv_nc * s2).reshape(N, C).sum(axis=0).astype(dt) if need_weight else None
     gb = s1.reshape(N, C).sum(axis=0).astype(dt) if need_bias else None
     return dx, gw, gb
 
 
-def _backward_two_pass(x3, g3, dx, saved, weight, s1, s2):
+def _backward_two_pass(x3, g3, dx, saved, weight, inv_nc, s1, s2):
     """Input gradient of large slices: sums pass, then elementwise pass."""
     N, C, L = x3.shape
     G = saved.groups
@@ -116,7 +119,6 @@ def _backward_two_pass(x3, g3, dx, saved, weight, s1, s2):
     dt = x3.dtype
     xf = x3.reshape(1, N * C, L)
     mean_nc = np.repeat(saved.mean, cg)
-    inv_nc = np.repeat(saved.invstd, cg)
     _kernels.batch_bwd_sums(xf, g3, mean_nc, s1, s2)
 
     w_nc = np.tile(weight.astype(np.float64), N) if weight is not None else np.ones(N * C)
@@ -154,11 +156,7 @@ def group_forward(where, x, groups, weight, bias, eps, out):
     y = out if out is not None else np.empty(x.shape, dtype=x.dtype)
     if x.size == 0:
         return y, SavedGroups(x3, x.shape, groups, np.zeros(0), np.zeros(0), False)
-    stats = fused_forward(x3, y.reshape(x3.shape), groups, weight, bias, eps)
-    if stats is None:
-        stats = statistics(x3, groups, eps)
-        normalise(x3, y.reshape(x3.shape), groups, stats[0], stats[2], weight, bias)
-    mean, _, invstd = stats
+    mean, _, invstd = forward_slices(x3, y.reshape(x3.shape), groups, weight, bias, eps)
     return y, SavedGroups(x3, x.shape, groups, mean, invstd,
                           out is not None and np.may_share_memory(out, x3))
 
@@ -192,11 +190,7 @@ def instance_forward(where, x, running_mean, running_var, weight, bias,
     y = out if out is not None else np.empty(x.shape, dtype=dt)
     if N == 0:  # no instances: nothing to normalise, nothing to average
         return y, SavedGroups(x3, x.shape, C, np.zeros(0), np.zeros(0), False)
-    stats = fused_forward(x3, y.reshape(x3.shape), C, weight, bias, eps)
-    if stats is None:
-        stats = statistics(x3, C, eps)
-        normalise(x3, y.reshape(x3.shape), C, stats[0], stats[2], weight, bias)
-    mean, var, invstd = stats
+    mean, var, invstd = forward_slices(x3, y.reshape(x3.shape), C, weight, bias, eps)
     if update and running_mean is not None:
         f = momentum if momentum is not None else 1.0 / nbt
         batch_mean = mean.reshape(N, C).mean(axis=0)

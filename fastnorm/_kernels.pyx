@@ -1015,10 +1015,11 @@ def slice_stats(const floating[:, ::1] x, double eps, bint rms, double[::1] mean
             invstd[r] = 1.0 / sqrt(v + m * m + eps) if rms else 1.0 / sqrt(v + eps)
 
 
-cdef inline void row_backward(const floating *x, const floating *dy, floating *dx,
-                              int64_t D, const floating *w, double m, double inv,
+cdef inline void row_backward(const double *x, const double *dy, double *dx,
+                              int64_t D, const double *w, double m, double inv,
                               bint rms, double *c1, double *c2) noexcept nogil:
-    """One row of the LayerNorm/RMSNorm backward; adds its column sums."""
+    """One float64 row of the LayerNorm/RMSNorm backward; adds its column
+    sums (float32 rows: fn_lnrow_f32 via float_rows_block)."""
     cdef int64_t j0 = 0, ln
     cdef double A = 0.0, B = 0.0, a, bb, c, q, k
     while j0 < D:
@@ -1027,10 +1028,7 @@ cdef inline void row_backward(const floating *x, const floating *dy, floating *d
             ln = UNIT
         a = 0.0
         bb = 0.0
-        if floating is float:
-            fn_lnsums_f32(x + j0, dy + j0, w + j0, ln, m, inv, &a, &bb, c1 + j0, c2 + j0)
-        else:
-            fn_lnsums_f64(x + j0, dy + j0, w + j0, ln, m, inv, &a, &bb, c1 + j0, c2 + j0)
+        fn_lnsums_f64(x + j0, dy + j0, w + j0, ln, m, inv, &a, &bb, c1 + j0, c2 + j0)
         A = A + a
         B = B + bb
         j0 += ln
@@ -1040,12 +1038,9 @@ cdef inline void row_backward(const floating *x, const floating *dy, floating *d
         c = 0.0
         k = 0.0
     else:
-        c = <double><floating>m
-        k = inv * A / <double>D + q * (c - m)
-    if floating is float:
-        fn_lnbwd_f32(x, dy, dx, D, w, <float>c, <float>inv, <float>q, <float>k)
-    else:
-        fn_lnbwd_f64(x, dy, dx, D, w, c, inv, q, k)
+        c = m
+        k = inv * A / <double>D
+    fn_lnbwd_f64(x, dy, dx, D, w, c, inv, q, k)
 
 
 cdef inline void group_backward(const floating *x, const floating *dy, floating *dx,

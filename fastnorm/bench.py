@@ -70,7 +70,33 @@ NOISY = 0.10
 
 # --- Cases: one entry of LAYERS per layer; each builds its callables ---
 
-class BatchNormBench:
+class Bench:
+    """A layer's benchmark: `_<impl>(mode, s, threads)` builds the callable of
+    one implementation (None: it has no such mode)."""
+
+    def build(self, impl, mode, s, threads):
+        """A zero-argument callable running `mode` with `impl` at `threads`
+        threads (fastnorm's and torch's are set around it by run_row), or None."""
+        return getattr(self, "_" + impl)(mode, s, threads)
+
+
+def _torch_callable(layer, x, g, mode):
+    """torch: the forward without autograd, or the input gradient of a
+    retained graph (backward)."""
+    import torch
+    x = torch.from_numpy(x)
+    if mode == "backward":
+        x.requires_grad_(True)
+        y = layer(x)
+        return partial(torch.autograd.grad, y, x, torch.from_numpy(g), retain_graph=True)
+
+    def forward():
+        with torch.no_grad():
+            return layer(x)
+    return forward
+
+
+class BatchNormBench(Bench):
     """Benchmarks of fastnorm.<title> (batch statistics over all dims but 1)."""
 
     modes = ("train", "eval", "eval-out", "backward")
@@ -98,11 +124,7 @@ class BatchNormBench:
     def _bcast(self, v):
         return v.reshape((1, -1) + (1,) * (self.rank - 2))
 
-    def build(self, impl, mode, s):
-        """A zero-argument callable running `mode` with `impl`, or None."""
-        return getattr(self, "_" + impl)(mode, s)
-
-    def _fastnorm(self, mode, s):
+    def _fastnorm(self, mode, s, threads):
         x = s["x"]
         layer = getattr(fastnorm, self.title)(x.shape[1], eps=s["eps"],
                                               momentum=s["momentum"], dtype=x.dtype)
@@ -117,7 +139,7 @@ class BatchNormBench:
             return partial(layer, x, out=np.empty_like(x))
         return partial(layer, x)
 
-    def _numpy(self, mode, s):
+    def _numpy(self, mode, s, threads):
         x, w, b, eps, m = s["x"], s["w"], s["b"], s["eps"], s["momentum"]
         axes = tuple(i for i in range(x.ndim) if i != 1)
         n = x.size // x.shape[1]
@@ -158,35 +180,27 @@ class BatchNormBench:
             return dx, gw.ravel(), gb.ravel()
         return backward
 
-    def _onnxruntime(self, mode, s):
+    def _onnxruntime(self, mode, s, threads):
         if mode != "eval":
             return None                     # inference only, no out=
         return _ort_callable("BatchNormalization", s["x"],
                              {"w": s["w"], "b": s["b"], "rm": s["rm"], "rv": s["rv"]},
-                             {"epsilon": s["eps"]}, 15, s["threads"])
+                             {"epsilon": s["eps"]}, 15, threads)
 
-    def _torch(self, mode, s):
+    def _torch(self, mode, s, threads):
         import torch
         if mode == "eval-out":
             return None                     # torch.nn modules have no out=
-        x = torch.from_numpy(s["x"])
+        x = s["x"]
         layer = getattr(torch.nn, self.title)(x.shape[1], eps=s["eps"],
-                                              momentum=s["momentum"], dtype=x.dtype)
+                                              momentum=s["momentum"],
+                                              dtype=getattr(torch, x.dtype.name))
         with torch.no_grad():
             for p, k in ((layer.weight, "w"), (layer.bias, "b"),
                          (layer.running_mean, "rm"), (layer.running_var, "rv")):
                 p.copy_(torch.from_numpy(s[k]))
         layer.train(mode != "eval")
-        if mode == "backward":
-            x.requires_grad_(True)
-            y = layer(x)
-            return partial(torch.autograd.grad, y, x, torch.from_numpy(s["g"]),
-                           retain_graph=True)
-
-        def forward():
-            with torch.no_grad():
-                return layer(x)
-        return forward
+        return _torch_callable(layer, s["x"], s["g"], mode)
 
 
 def _ort_callable(op, x, inits, attrs, opset, threads):
@@ -223,7 +237,7 @@ def _ort_callable(op, x, inits, attrs, opset, threads):
     return lambda: sess.run(None, feed)[0]
 
 
-class RowsBench:
+class RowsBench(Bench):
     """Layers that normalise rows of a 2-D view (samples x groups, or rows x
     trailing dims) and behave alike in training and eval: modes `forward`
     and `backward`.  `view(x)` gives the (R, M) rows the statistics run over
@@ -253,17 +267,14 @@ class RowsBench:
             layer.bias[...] = 0.1 * rng.standard_normal(layer.bias.shape)
         return s
 
-    def build(self, impl, mode, s):
-        return getattr(self, "_" + impl)(mode, s)
-
-    def _fastnorm(self, mode, s):
+    def _fastnorm(self, mode, s, threads):
         layer, x = s["layer"], s["x"]
         if mode == "backward":
             layer(x)
             return partial(layer.backward, s["g"])
         return partial(layer, x)
 
-    def _numpy(self, mode, s):
+    def _numpy(self, mode, s, threads):
         layer, x, g = s["layer"], s["x"], s["g"]
         eps = layer._eps("bench") if hasattr(layer, "_eps") else layer.eps
         w = getattr(layer, "weight", None)
@@ -302,7 +313,7 @@ class RowsBench:
             return dx.reshape(x.shape), (g * xhat.reshape(x.shape))
         return backward
 
-    def _torch(self, mode, s):
+    def _torch(self, mode, s, threads):
         import torch
         layer = self._torch_make(s["layer"])
         with torch.no_grad():
@@ -310,30 +321,19 @@ class RowsBench:
                 p = getattr(layer, k, None)
                 if p is not None:
                     p.copy_(torch.from_numpy(np.asarray(getattr(s["layer"], k))))
-        x = torch.from_numpy(s["x"])
-        if mode == "backward":
-            x.requires_grad_(True)
-            y = layer(x)
-            return partial(torch.autograd.grad, y, x, torch.from_numpy(s["g"]),
-                           retain_graph=True)
+        return _torch_callable(layer, s["x"], s["g"], mode)
 
-        def forward():
-            with torch.no_grad():
-                return layer(x)
-        return forward
-
-
-    def _onnxruntime(self, mode, s):
+    def _onnxruntime(self, mode, s, threads):
         if mode != "forward" or self.ort is None:
             return None
         op, inits, attrs, opset = self.ort(s["layer"])
-        return _ort_callable(op, s["x"], inits, attrs, opset, s["threads"])
+        return _ort_callable(op, s["x"], inits, attrs, opset, threads)
 
 
 class LRNBench(RowsBench):
     """LocalResponseNorm: a window over channels, no statistics."""
 
-    def _numpy(self, mode, s):
+    def _numpy(self, mode, s, threads):
         if mode != "forward":
             return None
         layer, x = s["layer"], s["x"]
@@ -747,10 +747,9 @@ def run_row(spec, s, mode, nthreads, peers, args, torch):
     with threadpoolctl.threadpool_limits(limits=nthreads, user_api="openmp"):
         if torch is not None:
             torch.set_num_threads(nthreads)
-        s["threads"] = nthreads
-        fns = {"fastnorm": spec.build("fastnorm", mode, s)}
+        fns = {"fastnorm": spec.build("fastnorm", mode, s, nthreads)}
         for peer in peers:
-            fn = spec.build(peer, mode, s)
+            fn = spec.build(peer, mode, s, nthreads)
             if fn is not None:
                 fns[peer] = fn
         diffs = check_agreement(fns, s["x"].dtype)

@@ -311,3 +311,28 @@ def test_float32_near_its_range_keeps_finite_accurate_statistics(scale, rng):
     assert np.isfinite(layer.running_mean).all()
     ln = fastnorm.LayerNorm(256)(x.reshape(12, 256))
     np.testing.assert_allclose(ln, ref.layer_norm(x.reshape(12, 256), (256,)), rtol=2e-5, atol=2e-5)
+
+
+# the weight gradient of such dy (~1e38 * xhat) may overflow float32: numpy warns
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("make", [lambda: fastnorm.BatchNorm2d(3),
+                                  lambda: fastnorm.GroupNorm(1, 3),
+                                  lambda: fastnorm.InstanceNorm2d(3, affine=True)],
+                         ids=["batch", "group", "instance"])
+def test_float32_backward_sums_that_overflow_are_redone_in_float64(make, rng):
+    """Backward sums of float32 data run in float32 vectors over blocks of 64
+    values (lane j sums values j, j + 8, ...); a block whose float32 sum
+    overflows is summed again in float64, so a gradient the float32 range can
+    hold comes out finite and exact (bias grad = sum of dy)."""
+    x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    g = rng.normal(size=x.shape).astype(np.float32)
+    # channel 1 is one block; its values 0, 16, 32, 48 share a lane, where
+    # 3e38 + 3e38 overflows float32; the float64 sum of the block is exactly 0
+    g[0, 1] = 0
+    g[0, 1, ::2, 0] = [3e38, 3e38, -3e38, -3e38]
+    layer = make()
+    layer(x)
+    layer.backward(g)
+    assert layer.bias_grad[1] == 0
+    expect = g.astype(np.float64).sum(axis=(0, 2, 3))
+    np.testing.assert_allclose(layer.bias_grad, expect, rtol=1e-6)

@@ -4,7 +4,7 @@ import pytest
 
 import fastnorm
 import fastnorm.functional as F
-from util import finite_differences as _fd
+from util import assert_layer_gradients, finite_differences as _fd
 
 
 
@@ -31,13 +31,7 @@ def test_layer_gradients_by_finite_differences(shape, training, affine, rng):
         layer.running_var[...] = rv
         return float((layer(x) * g).sum())
 
-    loss()
-    dx = layer.backward(g)
-    gw, gb = layer.weight_grad, layer.bias_grad
-    np.testing.assert_allclose(dx, _fd(loss, x), rtol=1e-5, atol=1e-7)
-    if affine:
-        np.testing.assert_allclose(gw, _fd(loss, layer.weight), rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(gb, _fd(loss, layer.bias), rtol=1e-5, atol=1e-7)
+    assert_layer_gradients(layer, x, g, loss)
 
 
 @pytest.mark.parametrize("training", [True, False])

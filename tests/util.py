@@ -15,3 +15,20 @@ def finite_differences(f, a, h=1e-6):
         a[i] = old
         g[i] = (fp - fm) / (2 * h)
     return g
+
+
+def assert_layer_gradients(layer, x, g, loss=None, params=("weight", "bias")):
+    """layer.backward(g) after a forward of x, and the weight/bias gradients
+    it stores, match central differences of loss() (default sum(layer(x) * g))
+    with respect to x and to each of `params` that the layer has."""
+    if loss is None:
+        def loss():
+            return float((layer(x) * g).sum())
+    loss()
+    dx = layer.backward(g)
+    grads = {p: getattr(layer, p + "_grad") for p in params}
+    np.testing.assert_allclose(dx, finite_differences(loss, x), rtol=1e-5, atol=1e-7)
+    for p, got in grads.items():
+        if getattr(layer, p, None) is not None:
+            np.testing.assert_allclose(got, finite_differences(loss, getattr(layer, p)),
+                                       rtol=1e-5, atol=1e-7)
