@@ -4,10 +4,13 @@ OpenMP is used when the compiler accepts -fopenmp (checked by compiling and
 linking a small program); otherwise the extension is built serial and a
 warning says so.  Setting FASTNORM_DISABLE_OPENMP=1 forces the serial build.
 The flags target any x86-64 CPU (no -march=native): the same build goes into a
-wheel.  FASTNORM_EXTRA_CFLAGS / FASTNORM_EXTRA_LDFLAGS append flags (used for
+wheel.  On x86-64 the same source is compiled a second time with -mavx2 as
+fastnorm._kernels_avx2, which fastnorm._native loads on CPUs with AVX2 (both
+copies round identically); FASTNORM_DISABLE_AVX2=1 skips that copy.  FASTNORM_EXTRA_CFLAGS / FASTNORM_EXTRA_LDFLAGS append flags (used for
 sanitizer builds).
 """
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -45,6 +48,33 @@ def compiler_has_openmp(compiler):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+AVX2_TEST = r"""
+#include <immintrin.h>
+int main(void) {
+    __m256d a = _mm256_set1_pd(1.0);
+    __m256i b = _mm256_add_epi64(_mm256_set1_epi64x(1), _mm256_set1_epi64x(2));
+    return (int)_mm256_cvtsd_f64(a) + _mm256_extract_epi32(b, 0) == 4 ? 0 : 1;
+}
+"""
+
+
+def compiler_has_avx2(compiler):
+    """Compile a small AVX2 program with the build's compiler (x86-64 only)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    tmp = tempfile.mkdtemp(prefix="fastnorm-avx2-")
+    try:
+        src = os.path.join(tmp, "avx2_test.c")
+        with open(src, "w") as f:
+            f.write(AVX2_TEST)
+        compiler.compile([src], output_dir=tmp, extra_postargs=["-mavx2"])
+        return True
+    except Exception:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 class BuildExt(build_ext):
     def build_extensions(self):
         use_omp = os.environ.get("FASTNORM_DISABLE_OPENMP", "") in ("", "0")
@@ -56,6 +86,10 @@ class BuildExt(build_ext):
                 stacklevel=1,
             )
             print("WARNING: fastnorm is built WITHOUT OpenMP", file=sys.stderr)
+        use_avx2 = (os.environ.get("FASTNORM_DISABLE_AVX2", "") in ("", "0")
+                    and compiler_has_avx2(self.compiler))
+        if not use_avx2:
+            self.extensions = [e for e in self.extensions if not e.name.endswith("_avx2")]
         extra_c = os.environ.get("FASTNORM_EXTRA_CFLAGS", "").split()
         extra_l = os.environ.get("FASTNORM_EXTRA_LDFLAGS", "").split()
         for ext in self.extensions:
@@ -64,6 +98,9 @@ class BuildExt(build_ext):
             ext.extra_compile_args = ["-O3", "-fno-math-errno", "-fno-trapping-math",
                                       "-ffp-contract=off", "-Wno-psabi"] + extra_c
             ext.extra_link_args = list(extra_l)
+            if ext.name.endswith("_avx2"):
+                # AVX2 only: no -mfma (and contraction is off anyway)
+                ext.extra_compile_args.append("-mavx2")
             if use_omp:
                 ext.extra_compile_args.append("-fopenmp")
                 ext.extra_link_args.append("-fopenmp")
@@ -73,13 +110,16 @@ class BuildExt(build_ext):
 def extensions():
     from Cython.Build import cythonize
 
-    ext = Extension(
-        "fastnorm._kernels",
-        sources=["fastnorm/_kernels.pyx"],
-        depends=["fastnorm/_loops.h", "fastnorm/_omp_shim.h"],
-        include_dirs=["fastnorm"],
-    )
-    return cythonize([ext], compiler_directives={"language_level": 3})
+    exts = [
+        Extension(
+            name,
+            sources=[f"fastnorm/{name.split('.')[-1]}.pyx"],
+            depends=["fastnorm/_kernels.pyx", "fastnorm/_loops.h", "fastnorm/_omp_shim.h"],
+            include_dirs=["fastnorm"],
+        )
+        for name in ("fastnorm._kernels", "fastnorm._kernels_avx2")
+    ]
+    return cythonize(exts, compiler_directives={"language_level": 3})
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 # Loading the extension at import links the OpenMP runtime, so
 # threadpoolctl sees (and can limit) it as soon as fastnorm is imported.
-from . import _kernels  # noqa: F401
+from . import _native  # noqa: F401
 from . import functional
 from ._modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d,
                        InstanceNorm2d, InstanceNorm3d, LayerNorm, LocalResponseNorm, RMSNorm)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as ck
-from . import _kernels
+from ._native import kernels as _kernels
 from ._layer_norm import fused, no_array
 
 

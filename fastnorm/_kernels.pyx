@@ -167,6 +167,29 @@ cdef enum Op:
     OP_BWD = 1          # out = k1 * dy - k2 * (x - k0) - k3
     OP_SCALE = 2        # out = k1 * dy
 
+cdef extern from *:
+    """
+    /* Which instruction set this copy of the kernels was compiled for (the
+     * same source is built twice: baseline x86-64 and -mavx2), and whether
+     * the CPU running it has AVX2 (CPUID, OS support of the YMM state). */
+    #ifdef __AVX2__
+    #define FN_ISA "avx2"
+    #else
+    #define FN_ISA "baseline"
+    #endif
+    static int fn_cpu_has_avx2(void)
+    {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") != 0;
+    #else
+        return 0;
+    #endif
+    }
+    """
+    const char *FN_ISA
+    int fn_cpu_has_avx2()
+
 cdef int g_threads_used = 1
 
 
@@ -1300,6 +1323,17 @@ def stream_copy(const unsigned char[::1] src, unsigned char[::1] dst):
                 hi = n
             if lo < hi:
                 memcpy(&dst[0] + lo, &src[0] + lo, hi - lo)
+
+
+def isa():
+    """Instruction set this copy of the kernels was compiled for:
+    'baseline' (any x86-64, SSE2) or 'avx2'."""
+    return FN_ISA.decode()
+
+
+def cpu_has_avx2():
+    """True when the running CPU (and OS) supports AVX2."""
+    return bool(fn_cpu_has_avx2())
 
 
 def openmp_enabled():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as ck
-from . import _kernels
+from ._native import kernels as _kernels
 
 
 # Rows of at most this many bytes are normalised in one pass (the row, and

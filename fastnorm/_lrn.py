@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from . import _checks as ck
-from . import _kernels
+from ._native import kernels as _kernels
 
 
 def check_args(size, alpha, beta, k, where):

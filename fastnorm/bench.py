@@ -54,7 +54,7 @@ import numpy as np
 import threadpoolctl
 
 import fastnorm
-from fastnorm import _kernels
+from fastnorm._native import kernels as _kernels
 
 PEERS = ("numpy", "torch", "onnxruntime")
 BYTES_PER_S = {"train": 3, "eval": 2, "eval-out": 2, "backward": 5}
@@ -512,6 +512,7 @@ def environment(compare):
         "logical_cores": os.cpu_count(),
         "fastnorm_openmp_build": bool(_kernels.openmp_enabled()),
         "fastnorm_max_threads": int(_kernels.max_threads()),
+        "fastnorm_isa": _kernels.isa(),
         "openmp": openmp,
         "openmp_other": [lib for lib in _openmp_libs() if lib["filepath"] not in seen],
         "torch_threads": torch.get_num_threads() if torch else None,
@@ -525,7 +526,8 @@ def print_header(env, args, peers, out):
     print("fastnorm-bench", file=out)
     omp = "yes" if env["fastnorm_openmp_build"] else "NO (serial build)"
     line("fastnorm", f"{env['fastnorm']} (built with OpenMP: {omp}; "
-                     f"max threads {env['fastnorm_max_threads']})")
+                     f"max threads {env['fastnorm_max_threads']}; "
+                     f"kernels {env['fastnorm_isa']})")
     line("numpy", env["numpy"])
     for peer in ("torch", "onnxruntime"):
         skip = env[peer + "_skipped"]

@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover
 
 def pytest_report_header(config):
     import fastnorm
-    from fastnorm import _kernels
+    from fastnorm._native import kernels as _kernels
 
     try:
         import torch

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from fastnorm import _kernels, bench
+from fastnorm import bench
+from fastnorm._native import kernels as _kernels
 
 
 def test_bench_cli_small_run(tmp_path, capsys):

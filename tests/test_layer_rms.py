@@ -8,7 +8,7 @@ import fastnorm
 import fastnorm.functional as F
 import reference as ref
 from util import assert_layer_gradients
-from fastnorm import _kernels
+from fastnorm._native import kernels as _kernels
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-11, atol=1e-11)}
 GTOL = {np.float32: 1e-4, np.float64: 1e-10}

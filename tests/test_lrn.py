@@ -8,7 +8,7 @@ import fastnorm
 import fastnorm.functional as F
 import reference as ref
 from util import finite_differences as _fd
-from fastnorm import _kernels
+from fastnorm._native import kernels as _kernels
 
 # sizes: odd, even, 1, >= C; shapes: 3D, 4D, 5D, odd spatial sizes
 CASES = [(5, (4, 12, 7, 7)), (2, (3, 5, 9)), (4, (2, 6, 3, 3, 3)), (9, (2, 4, 10)),

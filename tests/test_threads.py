@@ -10,7 +10,7 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import fastnorm
-from fastnorm import _kernels
+from fastnorm._native import kernels as _kernels
 
 # Shapes just off the unit boundaries, odd sample counts, a huge plane with 3
 # channels, (N, C) input and many channels; each big enough
@@ -68,8 +68,8 @@ def test_import_loads_openmp_runtime_and_omp_num_threads_is_obeyed(tmp_path):
         "import fastnorm\n"
         "after = [i['filepath'] for i in threadpoolctl.threadpool_info() if i['user_api']=='openmp']\n"
         "fastnorm.BatchNorm2d(3)(np.ones((2, 3, 256, 256), np.float32))\n"
-        "print(json.dumps([before, after, fastnorm._kernels.max_threads(),\n"
-        "                  fastnorm._kernels.threads_used()]))\n"
+        "print(json.dumps([before, after, fastnorm._native.kernels.max_threads(),\n"
+        "                  fastnorm._native.kernels.threads_used()]))\n"
     )
     before, after, mx, used = _run(code, tmp_path, OMP_NUM_THREADS="1")
     assert len(after) >= 1 and len(after) >= len(before)

@@ -1,0 +1,92 @@
+"""The two builds of the kernels (baseline x86-64 and AVX2): which one loads,
+and that they give bitwise identical results."""
+import os
+import platform
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import _kernels as baseline
+from fastnorm import _native
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+HAS_AVX2 = baseline.cpu_has_avx2()
+
+# Every kernel family, float32 and float64: train forward, eval forward and
+# backward of each layer, on shapes with remainders after the vector widths.
+SCRIPT = r"""
+import sys
+import numpy as np
+import fastnorm
+from fastnorm._native import kernels
+rng = np.random.default_rng(3)
+res = {"isa": np.array(kernels.isa())}
+cases = [
+    ("bn2", lambda d: fastnorm.BatchNorm2d(6, dtype=d), (5, 6, 33, 35)),
+    ("bn1", lambda d: fastnorm.BatchNorm1d(70, dtype=d), (301, 70)),
+    ("in2", lambda d: fastnorm.InstanceNorm2d(6, affine=True, dtype=d), (3, 6, 47, 45)),
+    ("ln", lambda d: fastnorm.LayerNorm(771, dtype=d), (37, 771)),
+    ("lnbig", lambda d: fastnorm.LayerNorm(70001, dtype=d), (3, 70001)),
+    ("gn", lambda d: fastnorm.GroupNorm(4, 12, dtype=d), (3, 12, 29, 31)),
+    ("rms", lambda d: fastnorm.RMSNorm(1029, dtype=d), (33, 1029)),
+    ("lrn", lambda d: fastnorm.LocalResponseNorm(5), (2, 9, 17, 19)),
+]
+for dt in (np.float32, np.float64):
+    for name, make, shape in cases:
+        x = (rng.normal(size=shape) * 3 + 10).astype(dt)
+        g = rng.normal(size=shape).astype(dt)
+        layer = make(dt)
+        key = f"{name}-{np.dtype(dt).name}"
+        res[key + "-y"] = layer(x)
+        res[key + "-dx"] = layer.backward(g)
+        for p in ("weight_grad", "bias_grad", "running_mean", "running_var"):
+            v = getattr(layer, p, None)
+            if v is not None:
+                res[key + "-" + p] = np.array(v)
+        layer.eval()
+        res[key + "-y-eval"] = layer(x)
+np.savez(sys.argv[1], **res)
+"""
+
+
+def _outputs(tmp_path, isa):
+    path = tmp_path / f"{isa}.npz"
+    env = dict(os.environ, FASTNORM_ISA=isa)
+    subprocess.run([sys.executable, "-c", SCRIPT, str(path)], env=env, check=True,
+                   cwd=tmp_path, capture_output=True, text=True)
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_avx2_copy_is_built_and_chosen_on_avx2_cpus():
+    if not (X86 and HAS_AVX2):
+        pytest.skip("not an x86-64 CPU with AVX2")
+    if os.environ.get("FASTNORM_ISA", "auto") in ("auto", ""):
+        assert _native.kernels.isa() == "avx2", \
+            "this CPU has AVX2 but fastnorm loaded its baseline kernels (AVX2 copy not built?)"
+    assert baseline.isa() == "baseline"
+
+
+@pytest.mark.skipif(not (X86 and HAS_AVX2), reason="needs an x86-64 CPU with AVX2")
+def test_baseline_and_avx2_builds_agree_bitwise(tmp_path):
+    base = _outputs(tmp_path, "baseline")
+    avx2 = _outputs(tmp_path, "avx2")
+    assert str(base.pop("isa")) == "baseline" and str(avx2.pop("isa")) == "avx2"
+    assert base.keys() == avx2.keys() and len(base) > 60
+    for k in base:
+        np.testing.assert_array_equal(base[k], avx2[k], err_msg=k, strict=True)
+
+
+def test_bad_isa_request_is_refused(tmp_path):
+    env = dict(os.environ, FASTNORM_ISA="avx512")
+    out = subprocess.run([sys.executable, "-c", "import fastnorm"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "FASTNORM_ISA must be 'auto', 'baseline' or 'avx2', got 'avx512'" in out.stderr
+
+
+def test_import_names_the_chosen_copy():
+    assert fastnorm._native.kernels.isa() in ("baseline", "avx2")
