@@ -68,6 +68,8 @@ from libc.stdint cimport int64_t
 from libc.math cimport isfinite, sqrt
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE,
+                             PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer)
 
 cdef extern from "_omp_shim.h" nogil:
     int omp_get_max_threads()
@@ -654,9 +656,15 @@ cdef int elementwise(int op, const floating *x, const floating *dy, floating *ou
         total = N * C * g.pieces
         nt = threads_for(reads * N * W, total)
         with nogil:
-            for i in prange(total, num_threads=nt, schedule='static'):
-                note_threads(nt)
-                plane_item(op, x, dy, out, &g, i, k0, k1, k2, k3)
+            if nt == 1:
+                # small call: no parallel region to enter (about 0.3 us)
+                note_threads(1)
+                for i in range(total):
+                    plane_item(op, x, dy, out, &g, i, k0, k1, k2, k3)
+            else:
+                for i in prange(total, num_threads=nt, schedule='static'):
+                    note_threads(nt)
+                    plane_item(op, x, dy, out, &g, i, k0, k1, k2, k3)
     else:
         # per-column coefficients, rounded to the data type once
         e = <floating *>malloc(4 * W * sizeof(floating))
@@ -673,9 +681,14 @@ cdef int elementwise(int op, const floating *x, const floating *dy, floating *ou
         total = N * pieces
         nt = threads_for(reads * N * W, total)
         with nogil:
-            for i in prange(total, num_threads=nt, schedule='static'):
-                note_threads(nt)
-                row_item(op, x, dy, out, W, pieces, i, e)
+            if nt == 1:
+                note_threads(1)
+                for i in range(total):
+                    row_item(op, x, dy, out, W, pieces, i, e)
+            else:
+                for i in prange(total, num_threads=nt, schedule='static'):
+                    note_threads(nt)
+                    row_item(op, x, dy, out, W, pieces, i, e)
         free(e)
     return 0
 
@@ -691,6 +704,156 @@ def batch_affine(const floating[:, :, ::1] x, floating[:, :, ::1] out,
     elementwise(OP_AFFINE, &x[0, 0, 0], NULL, &out[0, 0, 0], x.shape[0],
                 x.shape[1], x.shape[2], 1, &center[0], &scale[0], &shift[0],
                 &shift[0])
+
+
+cdef int take_buffer(object o, Py_buffer *v, int writable, char fmt,
+                     Py_ssize_t n) noexcept:
+    """Fill v with o's buffer when o exports native-order data of format fmt
+    ('f' or 'd'), C-contiguous, n elements (a 1-D one when n >= 0, any rank
+    when n < 0), writable if asked; else 0 with nothing held and no error set."""
+    cdef int flags = PyBUF_FORMAT | PyBUF_C_CONTIGUOUS
+    if writable:
+        flags |= PyBUF_WRITABLE
+    if not PyObject_CheckBuffer(o):
+        return 0
+    try:
+        PyObject_GetBuffer(o, v, flags)
+    except Exception:
+        return 0
+    if (v.format == NULL or v.format[0] != fmt or v.format[1] != 0
+            or (n >= 0 and (v.ndim != 1 or v.shape[0] != n))):
+        PyBuffer_Release(v)
+        return 0
+    return 1
+
+
+cdef int eval_coefficients(const floating *rm, const floating *rv,
+                           const floating *w, const floating *b, double eps,
+                           int64_t C, double *mean, double *invstd,
+                           double *k) noexcept nogil:
+    """BatchNorm eval coefficients, as the general path computes them in
+    NumPy (float64): invstd = 1 / sqrt(var + eps), scale = invstd * weight,
+    centre = mean rounded to the data type, shift = (centre - mean) * scale
+    + bias.  k: centre, scale, shift, each C long.  Returns 0 when some
+    var + eps is not positive (NaN or negative variance: left to the
+    general path and its warnings), else 1."""
+    cdef int64_t c
+    cdef double m, inv, sc, ctr
+    for c in range(C):
+        if not (<double>rv[c] + eps > 0.0):
+            return 0
+    for c in range(C):
+        m = <double>rm[c]
+        inv = 1.0 / sqrt(<double>rv[c] + eps)
+        mean[c] = m
+        invstd[c] = inv
+        sc = inv if w == NULL else inv * <double>w[c]
+        ctr = <double>(<floating>m)
+        k[c] = ctr
+        k[C + c] = sc
+        k[2 * C + c] = (ctr - m) * sc
+        if b != NULL:
+            k[2 * C + c] = k[2 * C + c] + <double>b[c]
+    return 1
+
+
+def batch_eval(x, out, running_mean, running_var, weight, bias, double eps,
+               mean, invstd):
+    """Eval-mode batch norm in one call: the per-call fast path of the layers.
+
+    out = (x - running_mean) / sqrt(running_var + eps) * weight + bias, with
+    the coefficients of eval_coefficients, so the same bits as the general
+    path.  x: C-contiguous ndarray (N, C, *) of float32 or float64 with
+    N * L > 0; out: a writable C-contiguous array of x's size and dtype;
+    running_mean, running_var, weight, bias: (C,) arrays of x's dtype (weight
+    and bias may be None); mean, invstd: writable (C,) float64, receive what a
+    backward call needs.  out may be x itself (same memory), not a partial
+    overlap.  Returns 1 when done, 2 when done in place (out's memory is
+    x's), 0, with nothing written, when an argument is not exactly that or a
+    variance is not positive: the caller then takes the general path, which
+    explains what is wrong.  Buffers are taken
+    without memoryview objects (this call costs well under a microsecond).
+    """
+    cdef Py_buffer v[8]
+    cdef bint got[8]            # v[i] holds a buffer to release
+    cdef int held = 0, i
+    cdef char fmt
+    cdef Py_ssize_t C, N, L, d
+    cdef double buf[3 * 64]
+    cdef double *k = buf
+    dt = getattr(x, "dtype", None)
+    if dt is None or dt.kind != "f":
+        return 0
+    if dt.itemsize == 4:
+        fmt = b"f"
+    elif dt.itemsize == 8:
+        fmt = b"d"
+    else:
+        return 0
+    try:
+        got[0] = take_buffer(x, &v[0], 0, fmt, -1)
+        held = 1
+        if not got[0]:
+            return 0
+        if v[0].ndim < 2:
+            return 0
+        N = v[0].shape[0]
+        C = v[0].shape[1]
+        L = 1
+        for d in range(2, v[0].ndim):
+            L *= v[0].shape[d]
+        if N * L == 0:
+            return 0
+        got[1] = take_buffer(out, &v[1], 1, fmt, -1)
+        held = 2
+        if not got[1]:
+            return 0
+        if v[1].len != v[0].len:
+            return 0
+        # aligned, and either the same memory as x or apart from it
+        if (<size_t>v[0].buf) % v[0].itemsize or (<size_t>v[1].buf) % v[1].itemsize:
+            return 0
+        if v[1].buf != v[0].buf and (<char *>v[1].buf < <char *>v[0].buf + v[0].len and
+                                     <char *>v[0].buf < <char *>v[1].buf + v[1].len):
+            return 0
+        for o in (running_mean, running_var, weight, bias):
+            v[held].buf = NULL
+            got[held] = o is not None and take_buffer(o, &v[held], 0, fmt, C)
+            held += 1
+            if o is not None and not got[held - 1]:
+                return 0
+        for o in (mean, invstd):
+            got[held] = take_buffer(o, &v[held], 1, b"d", C)
+            held += 1
+            if not got[held - 1]:
+                return 0
+        if v[2].buf == NULL or v[3].buf == NULL:
+            return 0
+        if C > 64:
+            k = <double *>malloc(3 * C * sizeof(double))
+            if k == NULL:
+                raise MemoryError()
+        if fmt == b"f":
+            if not eval_coefficients(<float *>v[2].buf, <float *>v[3].buf,
+                                     <float *>v[4].buf, <float *>v[5].buf, eps, C,
+                                     <double *>v[6].buf, <double *>v[7].buf, k):
+                return 0
+            elementwise(OP_AFFINE, <float *>v[0].buf, <float *>NULL, <float *>v[1].buf,
+                        N, C, L, 1, k, k + C, k + 2 * C, k + 2 * C)
+        else:
+            if not eval_coefficients(<double *>v[2].buf, <double *>v[3].buf,
+                                     <double *>v[4].buf, <double *>v[5].buf, eps, C,
+                                     <double *>v[6].buf, <double *>v[7].buf, k):
+                return 0
+            elementwise(OP_AFFINE, <double *>v[0].buf, <double *>NULL,
+                        <double *>v[1].buf, N, C, L, 1, k, k + C, k + 2 * C, k + 2 * C)
+        return 2 if v[1].buf == v[0].buf else 1
+    finally:
+        if k != buf:
+            free(k)
+        for i in range(held):
+            if got[i]:
+                PyBuffer_Release(&v[i])
 
 
 def batch_bwd_input(const floating[:, :, ::1] x, const floating[:, :, ::1] dy,

@@ -6,6 +6,7 @@ from . import _group_norm as _gn
 from . import _layer_norm as _ln
 from . import _lrn
 from . import _checks as ck
+from ._native import kernels as _kernels
 
 
 class Module:
@@ -150,6 +151,7 @@ class _NormBase(_Affine):
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
         self._saved_training = None
+        self._eval_scratch = None   # (mean, invstd) float64 of the eval fast path
 
     def reset_running_stats(self):
         if self.track_running_stats:
@@ -207,6 +209,10 @@ class _BatchNorm(_NormBase):
 
     def forward(self, x, out=None):
         """Normalise x; `out` (optional) receives y and may be x itself."""
+        if not self.training:
+            y = self._eval_fast(x, out)
+            if y is not None:
+                return y
         where = type(self).__name__
         x = self._check_input(x, where)
         batch_stats = self.training or self.running_mean is None
@@ -220,6 +226,44 @@ class _BatchNorm(_NormBase):
             self.num_batches_tracked[...] = nbt
         self._saved = saved
         self._saved_training = self.training
+        return y
+
+    def _eval_fast(self, x, out):
+        """Eval forward of the common call in one kernel call, or None.
+
+        Taken only when every check of the general path is known to pass: a
+        native-order, aligned, C-contiguous, non-empty ndarray of the layer's
+        dtype, rank and channel count; running statistics and parameters that
+        are (C,) arrays of that dtype; a float eps; positive var + eps; `out`
+        None or an ndarray of x's shape and dtype, writable, C-contiguous,
+        either x's memory or apart from it (the kernel checks the buffers).
+        Anything else returns None and the general path runs (and raises its
+        clear errors).  Same arithmetic as the general path, so the same bits.
+        """
+        rm = self.running_mean
+        eps = self.eps
+        if (type(x) is not np.ndarray or rm is None or x.dtype is not self.dtype
+                or x.ndim not in self._ndims or x.shape[1] != self.num_features
+                or type(eps) is not float or not 0.0 < eps < np.inf):
+            return None
+        if out is None:
+            y = np.empty(x.shape, x.dtype)
+        elif type(out) is np.ndarray and out.shape == x.shape and out.dtype is x.dtype:
+            y = out
+        else:
+            return None
+        scratch = self._eval_scratch
+        if scratch is None:
+            C = self.num_features
+            scratch = self._eval_scratch = (np.empty(C), np.empty(C))
+        done = _kernels.batch_eval(x, y, rm, self.running_var, self.weight, self.bias,
+                                   eps, scratch[0], scratch[1])
+        if not done:
+            return None         # not the common call: general path
+        shape = x.shape
+        x3 = x.reshape(shape[0], shape[1], -1)
+        self._saved = _bn.Saved(x3, shape, scratch[0], scratch[1], False, done == 2)
+        self._saved_training = False
         return y
 
     def backward(self, grad_output, out=None):

@@ -336,3 +336,113 @@ def test_float32_backward_sums_that_overflow_are_redone_in_float64(make, rng):
     assert layer.bias_grad[1] == 0
     expect = g.astype(np.float64).sum(axis=(0, 2, 3))
     np.testing.assert_allclose(layer.bias_grad, expect, rtol=1e-6)
+
+
+# --- the eval fast path (one kernel call for the common eval call) ---------
+
+def _eval_pair(shape, dtype, rng, affine=True):
+    """Two identical eval layers; the second never takes the fast path."""
+    a = _layer(shape, dtype, affine=affine)
+    _params(a, rng)
+    a.running_mean[...] = rng.normal(size=shape[1])
+    a.running_var[...] = rng.uniform(0.3, 3.0, shape[1])
+    b = _layer(shape, dtype, affine=affine)
+    b.load_state_dict(a.state_dict())
+    b._eval_fast = lambda x, out: None
+    return a.eval(), b.eval()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 16, 8, 8), (7, 3), (300, 530), (2, 70, 5, 3),
+                                   (3, 2, 4097), (2, 3, 4, 5, 3)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_eval_fast_path_is_bitwise_the_general_path(shape, dtype, affine, rng):
+    fast, general = _eval_pair(shape, dtype, rng, affine)
+    x = (rng.normal(size=shape) * 3 + 1).astype(dtype)
+    g = rng.normal(size=shape).astype(dtype)
+    y = fast(x)
+    assert fast._saved.mean is fast._eval_scratch[0]      # the fast path ran
+    np.testing.assert_array_equal(y, general(x), strict=True)
+    ey = ref.batch_norm(x, fast.running_mean, fast.running_var, fast.weight, fast.bias,
+                        training=False)[0]
+    np.testing.assert_allclose(y, ey, **TOL[dtype])
+    np.testing.assert_array_equal(fast.backward(g), general.backward(g), strict=True)
+    if affine:
+        np.testing.assert_array_equal(fast.weight_grad, general.weight_grad, strict=True)
+        np.testing.assert_array_equal(fast.bias_grad, general.bias_grad, strict=True)
+    # out= a separate array, and out=x (in place: backward then refuses)
+    out = np.full(shape, np.nan, dtype)
+    assert fast(x, out=out) is out
+    np.testing.assert_array_equal(out, y)
+    xc = x.copy()
+    assert fast(xc, out=xc) is xc
+    np.testing.assert_array_equal(xc, y)
+    with pytest.raises(RuntimeError, match="wrote its output over its input"):
+        fast.backward(g)
+
+
+def test_eval_fast_path_leaves_odd_calls_to_the_general_path(rng):
+    shape = (2, 4, 3, 5)
+    fast, general = _eval_pair(shape, np.float32, rng)
+    x = rng.normal(size=shape).astype(np.float32)
+    # non-contiguous input, a list, a tensor-like: general path, same result
+    xt = np.asfortranarray(x)
+    np.testing.assert_array_equal(fast(xt), general(x))
+    assert fast._saved.mean is not fast._eval_scratch[0]
+    np.testing.assert_array_equal(fast(x.astype(">f4")), general(x))
+    xr = x.copy()
+    xr.flags.writeable = False      # read-only input: fast path
+    np.testing.assert_array_equal(fast(xr), general(x))
+    assert fast._saved.mean is fast._eval_scratch[0]
+    # partial overlap of out and x is refused with the general path's message
+    buf = np.zeros(x.size + 1, np.float32)
+    xv, ov = buf[1:].reshape(shape), buf[:-1].reshape(shape)
+    with pytest.raises(ValueError, match="out overlaps the input"):
+        fast(xv, out=ov)
+    ro = np.empty(shape, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only"):
+        fast(x, out=ro)
+    with pytest.raises(TypeError, match="out has dtype float64"):
+        fast(x, out=np.empty(shape))
+    # a buffer replaced by the user with the wrong dtype or shape
+    rv = fast.running_var
+    fast.running_var = rv.astype(np.float64)
+    with pytest.raises(TypeError, match="running_var has dtype float64"):
+        fast(x)
+    fast.running_var = rv[:3].copy()
+    with pytest.raises(ValueError, match=r"expected running_var of shape \(4,\)"):
+        fast(x)
+    fast.running_var = rv
+    fast.weight = None
+    general.weight = None
+    np.testing.assert_array_equal(fast(x), general(x))
+    # wrong channel count, dtype and rank keep their messages
+    with pytest.raises(ValueError, match="expected input with 4 channels"):
+        fast(np.zeros((2, 5, 3, 5), np.float32))
+    with pytest.raises(TypeError, match="input has dtype float64"):
+        fast(np.zeros(shape))
+    with pytest.raises(ValueError, match="expected 4D input"):
+        fast(np.zeros((2, 4, 3), np.float32))
+
+
+def test_eval_fast_path_negative_variance_behaves_as_the_general_path(rng):
+    shape = (2, 3, 4, 4)
+    fast, general = _eval_pair(shape, np.float64, rng)
+    for layer in (fast, general):
+        layer.running_var[1] = -1.0
+    x = rng.normal(size=shape)
+    with pytest.warns(RuntimeWarning):
+        y = fast(x)
+    with pytest.warns(RuntimeWarning):
+        e = general(x)
+    np.testing.assert_array_equal(y, e)
+    assert np.isnan(y[:, 1]).all() and np.isfinite(y[:, [0, 2]]).all()
+    # nothing was written into the scratch of a refused call's running stats
+    assert fast.running_var[1] == -1.0
+
+
+def test_eval_fast_path_empty_batch(rng):
+    fast, general = _eval_pair((0, 3, 4, 4), np.float32, rng)
+    x = np.zeros((0, 3, 4, 4), np.float32)
+    assert fast(x).shape == (0, 3, 4, 4)
