@@ -119,6 +119,7 @@ def extensions():
         )
         for name in ("fastnorm._kernels", "fastnorm._kernels_avx2")
     ]
+    exts.append(Extension("fastnorm._pool", sources=["fastnorm/_pool.pyx"]))
     return cythonize(exts, compiler_directives={"language_level": 3})
 
 

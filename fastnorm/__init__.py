@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 # threadpoolctl sees (and can limit) it as soon as fastnorm is imported.
 from . import _native  # noqa: F401
 from . import functional
+from ._pool import pool as _output_pool
 from ._modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d,
                        InstanceNorm2d, InstanceNorm3d, LayerNorm, LocalResponseNorm, RMSNorm)
 
@@ -19,6 +20,29 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
+
+def output_pool_info():
+    """The output pool's state: a dict with limit and idle_bytes (bytes),
+    idle_blocks, hits, misses and threshold (outputs of threshold bytes or
+    more come from the pool)."""
+    return _output_pool.info()
+
+
+def set_output_pool_limit(nbytes):
+    """Keep at most nbytes of idle output memory for reuse (0: no pool; the
+    default is 256 MiB, or FASTNORM_POOL_MIB).  Idle blocks beyond it are
+    freed now, oldest first."""
+    _output_pool.set_limit(int(nbytes))
+
+
+def release_output_pool():
+    """Free every idle output block now; returns the number of bytes freed.
+    Outputs still in use are not affected (they return to the pool when they
+    die, up to the limit)."""
+    return _output_pool.release()
+
+
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d",
            "InstanceNorm3d", "GroupNorm", "LayerNorm", "RMSNorm", "LocalResponseNorm",
-           "functional", "__version__"]
+           "functional", "output_pool_info", "set_output_pool_limit", "release_output_pool",
+           "__version__"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as ck
+from . import _pool
 from ._native import kernels as _kernels
 
 
@@ -78,7 +79,7 @@ def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
     out = ck.out_array(out, x.shape, dt, x, where)
 
     x3 = as_ncl(x)
-    y = out if out is not None else np.empty(x.shape, dtype=dt)
+    y = out if out is not None else _pool.empty(x.shape, dt)
     if x.size == 0 and not batch_stats:
         return y, Saved(x3, x.shape, np.zeros(C), np.ones(C), False, False)
     mean, var, invstd = statistics(where, x3, x.shape, running_mean, running_var,
@@ -142,7 +143,7 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias, grad_inp
     x3 = saved.x3
     C = x3.shape[1]
     if dx is None:
-        dx = np.empty(saved.shape, dtype=dt)
+        dx = _pool.empty(saved.shape, dt)
     if g.size == 0:
         z = np.zeros(C, dtype=dt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)

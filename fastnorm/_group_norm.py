@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as ck
+from . import _pool
 from ._native import kernels as _kernels
 from ._layer_norm import fused, no_array
 
@@ -91,7 +92,7 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
     cg = C // G
     if weight is not None:
         weight = ck.param(weight, "weight", C, dt, where)
-    dx = np.empty(saved.shape, dtype=dt)
+    dx = _pool.empty(saved.shape, dt)
     if g.size == 0:
         z = np.zeros(C, dtype=dt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)
@@ -153,7 +154,7 @@ def group_forward(where, x, groups, weight, bias, eps, out):
         )
     eps, weight, bias, out = _prepare(where, x, C, weight, bias, eps, out)
     x3 = as_ncl(x)
-    y = out if out is not None else np.empty(x.shape, dtype=x.dtype)
+    y = out if out is not None else _pool.empty(x.shape, x.dtype)
     if x.size == 0:
         return y, SavedGroups(x3, x.shape, groups, np.zeros(0), np.zeros(0), False)
     mean, _, invstd = forward_slices(x3, y.reshape(x3.shape), groups, weight, bias, eps)
@@ -187,7 +188,7 @@ def instance_forward(where, x, running_mean, running_var, weight, bias,
     if update and running_mean is not None and momentum is not None:
         momentum = ck.momentum_value(momentum, where, allow_none=False)
     x3 = as_ncl(x)
-    y = out if out is not None else np.empty(x.shape, dtype=dt)
+    y = out if out is not None else _pool.empty(x.shape, dt)
     if N == 0:  # no instances: nothing to normalise, nothing to average
         return y, SavedGroups(x3, x.shape, C, np.zeros(0), np.zeros(0), False)
     mean, var, invstd = forward_slices(x3, y.reshape(x3.shape), C, weight, bias, eps)

@@ -135,6 +135,10 @@ cdef extern from "_loops.h" nogil:
                        double *c2)
     void fn_lnrow_f32(const float *x, const float *dy, float *dx, const float *w,
                       int64_t n, double m, double inv, int rms, float *c1, float *c2)
+    void fn_stream_f32(float *dst, const float *src, int64_t n)
+    void fn_stream_f64(double *dst, const double *src, int64_t n)
+    void fn_stream_fence()
+    void fn_prefetch(const void *p)
     void fn_lrn_fwd_f32(const float *x, float *y, int64_t C, int64_t L, int64_t l0,
                         int64_t ln, int64_t size, double alpha, double beta, double k,
                         double *den, double *pre, double *suf)
@@ -158,6 +162,8 @@ cdef enum:
     ROW_COUNT = 256     # rows mode: samples x plane length per unit
     ROW_COLS = 512      # rows mode: elements of a row per unit (whole channels)
     MIN_WORK = 32768    # fewest elements worth giving to one more thread
+    TILE = 1024         # elements of an output tile computed in L1, then streamed
+    STREAM_BYTES = 16 << 20  # outputs this large are written with streaming stores
     LAYER_ROWS = 64     # layer backward: rows per block of column partials
 
 cdef enum Red:
@@ -272,6 +278,11 @@ cdef inline int threads_for(int64_t work, int64_t items) noexcept nogil:
     if nt < 1:
         nt = 1
     return nt
+
+
+cdef inline bint streams(const void *out, const void *x, size_t nbytes) noexcept nogil:
+    """Write this output with streaming stores: large, and not in place."""
+    return nbytes >= STREAM_BYTES and out != x
 
 
 cdef inline void note_threads(int asked) noexcept nogil:
@@ -1107,26 +1118,56 @@ cdef inline Moments slice_moments(const floating *p, int64_t D) noexcept nogil:
     return res
 
 
+cdef inline void prefetch_run(const floating *p, int64_t n) noexcept nogil:
+    """Ask for p[0:n] (the same part of the next slice), one line per 64 bytes."""
+    cdef int64_t j
+    cdef int64_t step = 64 // sizeof(floating)
+    j = 0
+    while j < n:
+        fn_prefetch(p + j)
+        j += step
+
+
 cdef inline void slice_normalise(const floating *x, floating *y, int64_t D,
                                  int64_t r, int64_t G, int64_t K, double m,
                                  double inv, bint rms, const floating *w,
-                                 const floating *b) noexcept nogil:
-    """y = (x - m) * inv, then the weight and bias, as (x - c) * s + t."""
+                                 const floating *b, bint stream) noexcept nogil:
+    """y = (x - m) * inv, then the weight and bias, as (x - c) * s + t.
+    stream: compute TILE values at a time in L1 and write them to y with
+    streaming stores (same values)."""
     cdef double c = 0.0 if rms else <double><floating>m
     cdef double s, t
-    cdef int64_t k, ch, L
+    cdef int64_t k, ch, L, j, n
+    cdef floating tile[TILE]
+    cdef floating *tp = &tile[0]
     if G == 0:
         t = (c - m) * inv
-        if w != NULL:
+        j = 0
+        while j < D:
+            n = D - j if not stream or D - j < TILE else TILE
+            if stream:
+                prefetch_run(x + D + j, n)
             if floating is float:
-                fn_lnaff_f32(x, y, D, <float>c, <float>inv, <float>t, w, b)
+                if w != NULL:
+                    fn_lnaff_f32(x + j, tp if stream else y + j, n, <float>c,
+                                 <float>inv, <float>t, w + j,
+                                 b + j if b != NULL else NULL)
+                else:
+                    fn_affine_f32(x + j, tp if stream else y + j, n, <float>c,
+                                  <float>inv, <float>t)
+                if stream:
+                    fn_stream_f32(y + j, tp, n)
             else:
-                fn_lnaff_f64(x, y, D, c, inv, t, w, b)
-        else:
-            if floating is float:
-                fn_affine_f32(x, y, D, <float>c, <float>inv, <float>t)
-            else:
-                fn_affine_f64(x, y, D, c, inv, t)
+                if w != NULL:
+                    fn_lnaff_f64(x + j, tp if stream else y + j, n, c, inv, t, w + j,
+                                 b + j if b != NULL else NULL)
+                else:
+                    fn_affine_f64(x + j, tp if stream else y + j, n, c, inv, t)
+                if stream:
+                    fn_stream_f64(y + j, tp, n)
+            j += n
+        if stream:
+            fn_stream_fence()
         return
     L = D // K
     for k in range(K):
@@ -1135,10 +1176,23 @@ cdef inline void slice_normalise(const floating *x, floating *y, int64_t D,
         t = (c - m) * s
         if b != NULL:
             t = t + <double>b[ch]
-        if floating is float:
-            fn_affine_f32(x + k * L, y + k * L, L, <float>c, <float>s, <float>t)
-        else:
-            fn_affine_f64(x + k * L, y + k * L, L, c, s, t)
+        j = 0
+        while j < L:
+            n = L - j if not stream or L - j < TILE else TILE
+            if stream:
+                prefetch_run(x + D + k * L + j, n)
+            if floating is float:
+                fn_affine_f32(x + k * L + j, tp if stream else y + k * L + j, n,
+                              <float>c, <float>s, <float>t)
+                if stream:
+                    fn_stream_f32(y + k * L + j, tp, n)
+            else:
+                fn_affine_f64(x + k * L + j, tp if stream else y + k * L + j, n, c, s, t)
+                if stream:
+                    fn_stream_f64(y + k * L + j, tp, n)
+            j += n
+    if stream:
+        fn_stream_fence()
 
 
 def slice_forward(const floating[:, ::1] x, floating[:, ::1] out, int64_t G,
@@ -1162,6 +1216,7 @@ def slice_forward(const floating[:, ::1] x, floating[:, ::1] out, int64_t G,
     cdef const floating *b = &bias[0] if has_bias else NULL
     cdef double m, v, inv
     cdef Moments mo
+    cdef bint stream = streams(po, px, R * D * sizeof(floating))
     with nogil:
         for r in prange(R, num_threads=nt, schedule='static'):
             note_threads(nt)
@@ -1176,7 +1231,7 @@ def slice_forward(const floating[:, ::1] x, floating[:, ::1] out, int64_t G,
             var[r] = v
             invstd[r] = inv
             slice_normalise(px + r * D, po + r * D, D, r, G, K, 0.0 if rms else m,
-                            inv, rms, w, b)
+                            inv, rms, w, b, stream)
 
 
 def slice_stats(const floating[:, ::1] x, double eps, bint rms, double[::1] mean,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as ck
+from . import _pool
 from ._native import kernels as _kernels
 
 
@@ -147,7 +148,7 @@ def forward(where, x, nshape, weight, bias, eps, out, rms):
         b = _row_param(bias, "bias", nshape, dt, where)
         x2 = _as_rows(x, D)
         R = x2.shape[0]
-        y = out if out is not None else np.empty(x.shape, dtype=dt)
+        y = out if out is not None else _pool.empty(x.shape, dt)
         mean, var, invstd = np.empty(R), np.empty(R), np.empty(R)
         _kernels.slice_forward(x2, y.reshape(R, D), 0, 0, eps, rms,
                                w if w is not None else no_array(dt), w is not None,
@@ -157,7 +158,7 @@ def forward(where, x, nshape, weight, bias, eps, out, rms):
                           out is not None and np.may_share_memory(out, x2))
         return y, saved
     saved = statistics(where, x, nshape, weight, bias, eps, rms)
-    y = out if out is not None else np.empty(x.shape, dtype=dt)
+    y = out if out is not None else _pool.empty(x.shape, dt)
     R = saved.x2.shape[0]
     if R == 0:
         return y, saved
@@ -183,7 +184,7 @@ def backward(where, grad_output, saved, weight, nshape, need_weight, need_bias):
     g = ck.grad_output(grad_output, saved.shape, dt, where)
     R, D = x2.shape
     w = _row_param(weight, "weight", nshape, dt, where)
-    dx = np.empty(saved.shape, dtype=dt)
+    dx = _pool.empty(saved.shape, dt)
     if R == 0:
         z = np.zeros(nshape, dtype=dt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)

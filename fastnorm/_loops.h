@@ -11,6 +11,10 @@
 #define FASTNORM_LOOPS_H
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 /* Reductions use explicit vectors (GCC/Clang vector extensions): each
  * accumulator is a vector of 4 doubles, lowered to whatever SIMD the build
@@ -63,25 +67,49 @@ static inline double fn_hsum8(fn_v8f v)
            (((double)v[1] + (double)v[5]) + ((double)v[3] + (double)v[7]));
 }
 
+/* Statistics passes over float32 runs: four float32 vector accumulators
+ * (32 lanes, so four independent add chains), a block of FN_SBLOCK = 128
+ * values puts 4 terms in each lane; the block's lanes are combined in
+ * float32 to 8 and added, lane by lane, to float64 vector totals, summed in a
+ * fixed order at the end.  A run whose float64 total is not finite (a float32
+ * block overflowed) is summed again wholly in float64. */
+#define FN_SBLOCK 128
+
+static inline void fn_flush8(fn_v8f v, fn_v4d *lo, fn_v4d *hi)
+{
+    fn_v4f l = {v[0], v[1], v[2], v[3]}, h = {v[4], v[5], v[6], v[7]};
+    *lo += __builtin_convertvector(l, fn_v4d);
+    *hi += __builtin_convertvector(h, fn_v4d);
+}
+
 /* sum of x[0:n] in float64, float32 blocks */
 static inline double fn_sum_blk_f32(const float *x, int64_t n)
 {
-    double total = 0.0;
+    fn_v4d lo = {0}, hi = {0};
+    double t = 0.0;
     int64_t i = 0;
-    for (; i + FN_BLOCK <= n; i += FN_BLOCK) {
-        fn_v8f a0 = {0}, a1 = {0};
-        for (int j = 0; j < FN_BLOCK; j += 16) {
+    for (; i + FN_SBLOCK <= n; i += FN_SBLOCK) {
+        fn_v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int j = 0; j < FN_SBLOCK; j += 32) {
             a0 += fn_load8f(x + i + j);
             a1 += fn_load8f(x + i + j + 8);
+            a2 += fn_load8f(x + i + j + 16);
+            a3 += fn_load8f(x + i + j + 24);
         }
-        double b = fn_hsum8(a0 + a1);
-        if (!__builtin_isfinite(b)) {
-            b = 0.0;
-            for (int j = 0; j < FN_BLOCK; j++) b += (double)x[i + j];
-        }
-        total += b;
+        fn_flush8((a0 + a1) + (a2 + a3), &lo, &hi);
     }
-    for (; i < n; i++) total += (double)x[i];
+    for (; i < n; i++) t += (double)x[i];
+    double total = fn_hsum(lo + hi) + t;
+    if (!__builtin_isfinite(total)) {
+        fn_v4d r0 = {0}, r1 = {0};
+        t = 0.0;
+        for (i = 0; i + 8 <= n; i += 8) {
+            r0 += fn_load4(x + i);
+            r1 += fn_load4(x + i + 4);
+        }
+        for (; i < n; i++) t += (double)x[i];
+        total = fn_hsum(r0 + r1) + t;
+    }
     return total;
 }
 
@@ -91,42 +119,60 @@ static inline void fn_dev_blk_f32(const float *x, int64_t n, float m,
                                   double *sd, double *sdd)
 {
     fn_v8f mv = {m, m, m, m, m, m, m, m};
+    fn_v4d alo = {0}, ahi = {0}, blo = {0}, bhi = {0};
     double ta = 0.0, tb = 0.0;
     int64_t i = 0;
-    for (; i + FN_BLOCK <= n; i += FN_BLOCK) {
-        fn_v8f a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+    for (; i + FN_SBLOCK <= n; i += FN_SBLOCK) {
+        fn_v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        fn_v8f b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
         /* this second pass runs from cache: ask for the n values that follow
          * (the next run of a thread walking memory), one line per 64 bytes,
          * so that the first pass over them finds them on its way */
-        for (int j = 0; j < FN_BLOCK; j += 16)
+        for (int j = 0; j < FN_SBLOCK; j += 16)
             __builtin_prefetch(x + n + i + j, 0, 3);
-        for (int j = 0; j < FN_BLOCK; j += 16) {
+        for (int j = 0; j < FN_SBLOCK; j += 32) {
             fn_v8f d0 = fn_load8f(x + i + j) - mv;
             fn_v8f d1 = fn_load8f(x + i + j + 8) - mv;
+            fn_v8f d2 = fn_load8f(x + i + j + 16) - mv;
+            fn_v8f d3 = fn_load8f(x + i + j + 24) - mv;
             a0 += d0;
             a1 += d1;
+            a2 += d2;
+            a3 += d3;
             b0 += d0 * d0;
             b1 += d1 * d1;
+            b2 += d2 * d2;
+            b3 += d3 * d3;
         }
-        double a = fn_hsum8(a0 + a1), b = fn_hsum8(b0 + b1);
-        if (!__builtin_isfinite(a) || !__builtin_isfinite(b)) {
-            a = b = 0.0;
-            for (int j = 0; j < FN_BLOCK; j++) {
-                double d = (double)x[i + j] - (double)m;
-                a += d;
-                b += d * d;
-            }
-        }
-        ta += a;
-        tb += b;
+        fn_flush8((a0 + a1) + (a2 + a3), &alo, &ahi);
+        fn_flush8((b0 + b1) + (b2 + b3), &blo, &bhi);
     }
     for (; i < n; i++) {
         double d = (double)x[i] - (double)m;
         ta += d;
         tb += d * d;
     }
-    *sd += ta;
-    *sdd += tb;
+    double a = fn_hsum(alo + ahi) + ta, b = fn_hsum(blo + bhi) + tb;
+    if (!__builtin_isfinite(a) || !__builtin_isfinite(b)) {
+        fn_v4d mm = {m, m, m, m}, a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+        ta = tb = 0.0;
+        for (i = 0; i + 8 <= n; i += 8) {
+            fn_v4d d0 = fn_load4(x + i) - mm, d1 = fn_load4(x + i + 4) - mm;
+            a0 += d0;
+            a1 += d1;
+            b0 += d0 * d0;
+            b1 += d1 * d1;
+        }
+        for (; i < n; i++) {
+            double d = (double)x[i] - (double)m;
+            ta += d;
+            tb += d * d;
+        }
+        a = fn_hsum(a0 + a1) + ta;
+        b = fn_hsum(b0 + b1) + tb;
+    }
+    *sd += a;
+    *sdd += b;
 }
 
 /* sum of dy and of dy * (x - m) over [0:n]: float32 blocks of FN_BLOCK
@@ -169,6 +215,61 @@ static inline void fn_dot_blk_f32(const float *x, const float *dy, int64_t n,
     }
     *sdy += ta;
     *sdyx += tb + ((double)mf - m) * ta;
+}
+
+/* Streaming (non-temporal) stores of a tile computed in L1: the output
+ * line is written without first being read into the cache (a third less
+ * memory traffic for a large output that is not re-read soon).  The values
+ * are the tile's bits, whatever the store instruction.  fn_stream_fence()
+ * orders them before the results are used (once per row, by the writer). */
+static inline void fn_stream_f32(float *dst, const float *src, int64_t n)
+{
+#if defined(__SSE2__)
+    int64_t i = 0;
+    while (i < n && ((uintptr_t)(dst + i) & 31)) {
+        dst[i] = src[i];
+        i++;
+    }
+#if defined(__AVX__)
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+#else
+    for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+    for (; i < n; i++) dst[i] = src[i];
+#else
+    memcpy(dst, src, (size_t)n * sizeof(float));
+#endif
+}
+
+static inline void fn_stream_f64(double *dst, const double *src, int64_t n)
+{
+#if defined(__SSE2__)
+    int64_t i = 0;
+    while (i < n && ((uintptr_t)(dst + i) & 31)) {
+        dst[i] = src[i];
+        i++;
+    }
+#if defined(__AVX__)
+    for (; i + 4 <= n; i += 4) _mm256_stream_pd(dst + i, _mm256_loadu_pd(src + i));
+#else
+    for (; i + 2 <= n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+#endif
+    for (; i < n; i++) dst[i] = src[i];
+#else
+    memcpy(dst, src, (size_t)n * sizeof(double));
+#endif
+}
+
+static inline void fn_prefetch(const void *p)
+{
+    __builtin_prefetch(p, 0, 3);
+}
+
+static inline void fn_stream_fence(void)
+{
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
 }
 
 #define FN_LOOPS(T, SUF, LOAD)                                                \

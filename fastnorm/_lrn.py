@@ -5,6 +5,7 @@ import numbers
 import numpy as np
 
 from . import _checks as ck
+from . import _pool
 from ._native import kernels as _kernels
 
 
@@ -38,7 +39,7 @@ def forward(where, x, size, alpha, beta, k, out):
             f"{where}: out must not share memory with the input (each output "
             "depends on neighbouring channels of the input)")
     x3 = as_ncl(x)
-    y = out if out is not None else np.empty(x.shape, dtype=x.dtype)
+    y = out if out is not None else _pool.empty(x.shape, x.dtype)
     if x.size:
         _kernels.lrn_forward(x3, y.reshape(x3.shape), size, alpha, beta, k)
     return y, x3
@@ -47,7 +48,7 @@ def forward(where, x, size, alpha, beta, k, out):
 def backward(where, grad_output, x3, shape, size, alpha, beta, k):
     """Input gradient of the forward on x3 (contiguous (N, C, L) of `shape`)."""
     g = ck.grad_output(grad_output, shape, x3.dtype, where)
-    dx = np.empty(shape, dtype=x3.dtype)
+    dx = _pool.empty(shape, x3.dtype)
     if g.size:
         g3 = np.ascontiguousarray(g).reshape(x3.shape)
         _kernels.lrn_backward(x3, g3, dx.reshape(x3.shape), size, alpha, beta, k)

@@ -6,6 +6,7 @@ from . import _group_norm as _gn
 from . import _layer_norm as _ln
 from . import _lrn
 from . import _checks as ck
+from . import _pool
 from ._native import kernels as _kernels
 
 
@@ -247,7 +248,8 @@ class _BatchNorm(_NormBase):
                 or type(eps) is not float or not 0.0 < eps < np.inf):
             return None
         if out is None:
-            y = np.empty(x.shape, x.dtype)
+            y = (np.empty(x.shape, x.dtype) if x.nbytes < _pool.THRESHOLD
+                 else _pool.empty(x.shape, x.dtype))
         elif type(out) is np.ndarray and out.shape == x.shape and out.dtype is x.dtype:
             y = out
         else:

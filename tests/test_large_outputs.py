@@ -1,0 +1,48 @@
+"""Outputs of 16 MiB or more are written with streaming stores from L1
+tiles: the values must be those of the ordinary path (small calls, in-place
+calls), wherever the output starts (alignment prologue) and ends (tails)."""
+import numpy as np
+import pytest
+
+import fastnorm
+
+STREAM_BYTES = 16 << 20
+
+
+def _chunks(layer, x, n):
+    """The same layer applied n samples at a time (outputs below the
+    streaming size), concatenated."""
+    return np.concatenate([layer(x[i:i + n]) for i in range(0, x.shape[0], n)])
+
+
+def _offset_out(shape, dtype, k):
+    """A C-contiguous output starting k elements into a fresh buffer."""
+    buf = np.full(int(np.prod(shape)) + 8, np.nan, dtype)
+    return buf[k:k + int(np.prod(shape))].reshape(shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("make, shape, n", [
+    (lambda dt: fastnorm.LayerNorm(4101, dtype=dt), (1031, 4101), 100),
+    (lambda dt: fastnorm.RMSNorm(3001, dtype=dt), (1400, 3001), 150),
+    (lambda dt: fastnorm.GroupNorm(4, 12, dtype=dt), (37, 12, 97, 103), 4),
+    (lambda dt: fastnorm.InstanceNorm2d(5, affine=True, dtype=dt), (10, 5, 301, 299), 2),
+])
+def test_streamed_outputs_equal_the_ordinary_path(make, shape, n, dtype, rng):
+    x = (rng.normal(size=shape) * 2 + 3).astype(dtype)
+    assert x.nbytes >= STREAM_BYTES > x[:n].nbytes
+    layer = make(dtype)
+    if layer.weight is not None:
+        layer.weight[...] = rng.uniform(0.5, 2, layer.weight.shape)
+    if getattr(layer, "bias", None) is not None:
+        layer.bias[...] = rng.normal(size=layer.bias.shape)
+    want = _chunks(layer, x, n)
+    y = layer(x)
+    np.testing.assert_array_equal(y, want, strict=True)
+    for k in (1, 3):                          # outputs not 32-byte aligned
+        out = _offset_out(shape, dtype, k)
+        layer(x, out=out)
+        np.testing.assert_array_equal(out, want, strict=True)
+    xc = x.copy()
+    layer(xc, out=xc)                         # in place: ordinary stores
+    np.testing.assert_array_equal(xc, want, strict=True)
