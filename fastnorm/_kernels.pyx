@@ -163,7 +163,7 @@ cdef enum:
     ROW_COLS = 512      # rows mode: elements of a row per unit (whole channels)
     MIN_WORK = 32768    # fewest elements worth giving to one more thread
     TILE = 1024         # elements of an output tile computed in L1, then streamed
-    STREAM_BYTES = 16 << 20  # outputs this large are written with streaming stores
+    STREAM_BYTES = 64 << 20  # default: outputs this large use streaming stores
     LAYER_ROWS = 64     # layer backward: rows per block of column partials
 
 cdef enum Red:
@@ -280,9 +280,25 @@ cdef inline int threads_for(int64_t work, int64_t items) noexcept nogil:
     return nt
 
 
+cdef size_t g_stream_bytes = STREAM_BYTES
+
+
 cdef inline bint streams(const void *out, const void *x, size_t nbytes) noexcept nogil:
     """Write this output with streaming stores: large, and not in place."""
-    return nbytes >= STREAM_BYTES and out != x
+    return nbytes >= g_stream_bytes and out != x
+
+
+def stream_bytes(nbytes=None):
+    """Outputs of at least this many bytes are written with streaming stores
+    (from L1 tiles; same values).  With an argument, sets it (tests, tuning)
+    and returns the previous value."""
+    global g_stream_bytes
+    old = g_stream_bytes
+    if nbytes is not None:
+        if nbytes < 0:
+            raise ValueError(f"stream_bytes: expected >= 0, got {nbytes}")
+        g_stream_bytes = nbytes
+    return old
 
 
 cdef inline void note_threads(int asked) noexcept nogil:
