@@ -484,18 +484,26 @@ static inline void fn_lnrow_f32(const float *x, const float *dy, float *dx,
     double A = 0.0, B = 0.0;
     int64_t i = 0;
     for (; i + FN_BLOCK <= n; i += FN_BLOCK) {
-        fn_v8f a = {0}, b = {0};
-        for (int j = 0; j < FN_BLOCK; j += 8) {
-            fn_v8f g = fn_load8f(dy + i + j);
-            fn_v8f xh = ((fn_load8f(x + i + j) - mv) - dv) * ivv;
-            fn_v8f gw = g * fn_load8f(w + i + j);
-            fn_v8f s1 = fn_load8f(c1 + i + j) + g, s2 = fn_load8f(c2 + i + j) + g * xh;
-            a += gw;
-            b += gw * xh;
-            __builtin_memcpy(c1 + i + j, &s1, sizeof s1);
-            __builtin_memcpy(c2 + i + j, &s2, sizeof s2);
+        /* two accumulators each: independent add chains */
+        fn_v8f a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0};
+        for (int j = 0; j < FN_BLOCK; j += 16) {
+            fn_v8f g0 = fn_load8f(dy + i + j), g1 = fn_load8f(dy + i + j + 8);
+            fn_v8f xh0 = ((fn_load8f(x + i + j) - mv) - dv) * ivv;
+            fn_v8f xh1 = ((fn_load8f(x + i + j + 8) - mv) - dv) * ivv;
+            fn_v8f gw0 = g0 * fn_load8f(w + i + j), gw1 = g1 * fn_load8f(w + i + j + 8);
+            fn_v8f s10 = fn_load8f(c1 + i + j) + g0, s20 = fn_load8f(c2 + i + j) + g0 * xh0;
+            fn_v8f s11 = fn_load8f(c1 + i + j + 8) + g1;
+            fn_v8f s21 = fn_load8f(c2 + i + j + 8) + g1 * xh1;
+            a0 += gw0;
+            b0 += gw0 * xh0;
+            a1 += gw1;
+            b1 += gw1 * xh1;
+            __builtin_memcpy(c1 + i + j, &s10, sizeof s10);
+            __builtin_memcpy(c2 + i + j, &s20, sizeof s20);
+            __builtin_memcpy(c1 + i + j + 8, &s11, sizeof s11);
+            __builtin_memcpy(c2 + i + j + 8, &s21, sizeof s21);
         }
-        double ba = fn_hsum8(a), bb = fn_hsum8(b);
+        double ba = fn_hsum8(a0 + a1), bb = fn_hsum8(b0 + b1);
         if (!__builtin_isfinite(ba) || !__builtin_isfinite(bb)) {
             ba = bb = 0.0;
             for (int j = 0; j < FN_BLOCK; j++) {
