@@ -1104,7 +1104,7 @@ cdef inline void run_moments(const floating *p, int64_t n, double *pm,
 
 
 cdef struct Moments:
-    double mean, var
+    double mean, var, invstd
 
 
 cdef inline Moments slice_moments(const floating *p, int64_t D) noexcept nogil:
@@ -1131,6 +1131,7 @@ cdef inline Moments slice_moments(const floating *p, int64_t D) noexcept nogil:
         j0 += ln
     res.mean = mu
     res.var = (m2 if m2 > 0.0 else 0.0) / cnt
+    res.invstd = 0.0           # set by slice_statistics
     return res
 
 
@@ -1211,6 +1212,18 @@ cdef inline void slice_normalise(const floating *x, floating *y, int64_t D,
         fn_stream_fence()
 
 
+cdef inline Moments slice_statistics(const floating *p, int64_t D, double eps,
+                                     bint rms) noexcept nogil:
+    """slice_moments and invstd: 1 / sqrt(var + eps), or with rms
+    1 / sqrt(var + mean**2 + eps)."""
+    cdef Moments mo = slice_moments(p, D)
+    if rms:
+        mo.invstd = 1.0 / sqrt(mo.var + mo.mean * mo.mean + eps)
+    else:
+        mo.invstd = 1.0 / sqrt(mo.var + eps)
+    return mo
+
+
 def slice_forward(const floating[:, ::1] x, floating[:, ::1] out, int64_t G,
                   int64_t K, double eps, bint rms, const floating[::1] weight,
                   bint has_weight, const floating[::1] bias, bint has_bias,
@@ -1230,24 +1243,17 @@ def slice_forward(const floating[:, ::1] x, floating[:, ::1] out, int64_t G,
     cdef floating *po = &out[0, 0]
     cdef const floating *w = &weight[0] if has_weight else NULL
     cdef const floating *b = &bias[0] if has_bias else NULL
-    cdef double m, v, inv
     cdef Moments mo
     cdef bint stream = streams(po, px, R * D * sizeof(floating))
     with nogil:
         for r in prange(R, num_threads=nt, schedule='static'):
             note_threads(nt)
-            mo = slice_moments(px + r * D, D)
-            m = mo.mean
-            v = mo.var
-            if rms:
-                inv = 1.0 / sqrt(v + m * m + eps)
-            else:
-                inv = 1.0 / sqrt(v + eps)
-            mean[r] = 0.0 if rms else m
-            var[r] = v
-            invstd[r] = inv
-            slice_normalise(px + r * D, po + r * D, D, r, G, K, 0.0 if rms else m,
-                            inv, rms, w, b, stream)
+            mo = slice_statistics(px + r * D, D, eps, rms)
+            mean[r] = 0.0 if rms else mo.mean
+            var[r] = mo.var
+            invstd[r] = mo.invstd
+            slice_normalise(px + r * D, po + r * D, D, r, G, K, mean[r], mo.invstd,
+                            rms, w, b, stream)
 
 
 def slice_stats(const floating[:, ::1] x, double eps, bint rms, double[::1] mean,
@@ -1259,17 +1265,14 @@ def slice_stats(const floating[:, ::1] x, double eps, bint rms, double[::1] mean
     cdef int64_t R = x.shape[0], D = x.shape[1], r
     cdef int nt = threads_for(R * D, R)
     cdef const floating *px = &x[0, 0]
-    cdef double m, v
     cdef Moments mo
     with nogil:
         for r in prange(R, num_threads=nt, schedule='static'):
             note_threads(nt)
-            mo = slice_moments(px + r * D, D)
-            m = mo.mean
-            v = mo.var
-            mean[r] = 0.0 if rms else m
-            var[r] = v
-            invstd[r] = 1.0 / sqrt(v + m * m + eps) if rms else 1.0 / sqrt(v + eps)
+            mo = slice_statistics(px + r * D, D, eps, rms)
+            mean[r] = 0.0 if rms else mo.mean
+            var[r] = mo.var
+            invstd[r] = mo.invstd
 
 
 cdef inline void row_backward(const double *x, const double *dy, double *dx,

@@ -44,9 +44,6 @@ cdef class Block:
     def __getbuffer__(self, Py_buffer *view, int flags):
         PyBuffer_FillInfo(view, self, self.ptr, self.nbytes, 0, flags)
 
-    def __releasebuffer__(self, Py_buffer *view):
-        pass
-
     def __dealloc__(self):
         if self.pool is not None and self.mem is not None:
             self.pool.give_back(self.mem)
