@@ -40,7 +40,11 @@ def check_input(x, where, ndims, layout=None):
     """x as a float ndarray of an accepted rank."""
     x = ck.as_float_array(x, "input", where)
     if x.ndim not in ndims:
-        want = " or ".join(f"{d}D" for d in ndims)
+        ndims = list(ndims)
+        if len(ndims) > 2 and ndims == list(range(ndims[0], ndims[-1] + 1)):
+            want = f"{ndims[0]}D to {ndims[-1]}D"
+        else:
+            want = " or ".join(f"{d}D" for d in ndims)
         lay = f" {layout}" if layout else ""
         raise ValueError(
             f"{where}: expected {want} input{lay}, got {x.ndim}D input of "
