@@ -1,4 +1,6 @@
 """Normalisation layers with PyTorch's names, arguments and semantics."""
+import threading
+
 import numpy as np
 
 from . import _batch_norm as _bn
@@ -153,6 +155,29 @@ class _NormBase(_Affine):
             self.running_mean = self.running_var = self.num_batches_tracked = None
         self._saved_training = None
         self._eval_scratch = None   # (mean, invstd) float64 of the eval fast path
+        # serialises the calls that update the running statistics (read the
+        # count, run the kernel that folds the batch in, write the count)
+        self._update_lock = threading.Lock()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["_update_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._update_lock = threading.Lock()
+
+    def forward(self, x, out=None):
+        """Normalise x; `out` (optional) receives y and may be x itself.
+
+        Calls that update the running statistics (training mode with
+        track_running_stats) are serialised on a per-layer lock, so calls
+        from several threads lose no update; others run concurrently."""
+        if self.training and self.track_running_stats:
+            with self._update_lock:
+                return self._forward(x, out)
+        return self._forward(x, out)
 
     def reset_running_stats(self):
         if self.track_running_stats:
@@ -208,8 +233,7 @@ class _BatchNorm(_NormBase):
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          bias, dtype)
 
-    def forward(self, x, out=None):
-        """Normalise x; `out` (optional) receives y and may be x itself."""
+    def _forward(self, x, out):
         if not self.training:
             y = self._eval_fast(x, out)
             if y is not None:
@@ -316,8 +340,7 @@ class _InstanceNorm(_NormBase):
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          bias, dtype)
 
-    def forward(self, x, out=None):
-        """Normalise x; `out` (optional) receives y and may be x itself."""
+    def _forward(self, x, out):
         where = type(self).__name__
         x = self._check_input(x, where)
         unbatched = x.ndim == self._unbatched_ndim

