@@ -91,9 +91,8 @@ def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
     y3 = y.reshape(x3.shape)
 
     scale = invstd if weight is None else invstd * weight
-    center = mean.astype(dt).astype(np.float64)
     # y = (x - mean) * scale + bias = (x - center) * scale + shift
-    shift = (center - mean) * scale
+    center, shift = ck.centered(mean, dt, scale)
     if bias is not None:
         shift += bias
     _kernels.batch_affine(x3, y3, center, scale, shift)
@@ -163,9 +162,9 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias, grad_inp
         count = x3.shape[0] * x3.shape[2]
         b = a * saved.invstd * saved.invstd * sum_dyx / count
         k = a * sum_dy / count
-        center = saved.mean.astype(dt).astype(np.float64)
         # dx = a*dy - b*(x - mean) - k, with x - mean = (x - center) + (center - mean)
-        k = k + b * (center - saved.mean)
+        center, term = ck.centered(saved.mean, dt, b)
+        k = k + term
         _kernels.batch_bwd_input(x3, g3, dx3, center, a, b, k)
     else:
         _kernels.batch_scale(g3, dx3, a)

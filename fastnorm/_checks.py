@@ -101,7 +101,7 @@ def buffer(a, name, C, dtype, where, writable):
             f"{where}: expected {name} of shape ({C},) for an input with {C} "
             f"channels, got shape {shape_str(a.shape)}"
         )
-    if a.dtype != dtype:
+    if a.dtype != dtype and not (a.dtype.kind == "f" and a.dtype.newbyteorder("=") == dtype):
         if a.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{where}: expected {name} of dtype {dtype}, got {a.dtype}")
         check_dtype_match(a, dtype, name, where)
@@ -189,3 +189,16 @@ def input_kept(overwritten, where):
             "so the input needed by backward is gone; run forward without "
             "out=x to take gradients"
         )
+
+
+def centered(mean, dtype, factor):
+    """(center, term): the float64 mean rounded to the data type, and
+    (center - mean) * factor, the correction that lets kernels work with
+    x - center.  The term is 0 where the mean or the factor is not finite:
+    center equals such a mean, and inf - inf would put a NaN where the data
+    calls for none.  No floating-point warnings."""
+    center = mean.astype(dtype).astype(np.float64)
+    d = np.subtract(center, mean, out=np.zeros_like(mean), where=np.isfinite(mean))
+    term = np.multiply(d, factor, out=np.zeros(np.broadcast(d, factor).shape),
+                       where=np.isfinite(factor))
+    return center, term

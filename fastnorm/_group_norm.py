@@ -72,8 +72,7 @@ def normalise(x3, y3, groups, mean, invstd, weight, bias):
     scale = np.repeat(invstd, cg)
     if weight is not None:
         scale *= np.tile(weight, N)
-    center = mean_nc.astype(dt).astype(np.float64)
-    shift = (center - mean_nc) * scale
+    center, shift = ck.centered(mean_nc, dt, scale)
     if bias is not None:
         shift += np.tile(bias, N)
     _kernels.batch_affine(x3.reshape(1, N * C, L), y3.reshape(1, N * C, L),
@@ -91,7 +90,7 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
     G = saved.groups
     cg = C // G
     if weight is not None:
-        weight = ck.param(weight, "weight", C, dt, where)
+        weight = np.ascontiguousarray(ck.param(weight, "weight", C, dt, where))
     dx = _pool.empty(saved.shape, dt)
     if g.size == 0:
         z = np.zeros(C, dtype=dt)
@@ -129,8 +128,8 @@ def _backward_two_pass(x3, g3, dx, saved, weight, inv_nc, s1, s2):
     a = w_nc * inv_nc
     b = np.repeat(saved.invstd * saved.invstd * saved.invstd * sum_dxhat_xmu / m, cg)
     k = np.repeat(saved.invstd * sum_dxhat / m, cg)
-    center = mean_nc.astype(dt).astype(np.float64)
-    k += b * (center - mean_nc)
+    center, term = ck.centered(mean_nc, dt, b)
+    k += term
     _kernels.batch_bwd_input(xf, g3, dx.reshape(1, N * C, L), center, a, b, k)
 
 
@@ -139,6 +138,8 @@ def _prepare(where, x, C, weight, bias, eps, out):
     eps = ck.eps_value(eps, where)
     weight = ck.param(weight, "weight", C, dt, where)
     bias = ck.param(bias, "bias", C, dt, where)
+    weight = None if weight is None else np.ascontiguousarray(weight)
+    bias = None if bias is None else np.ascontiguousarray(bias)
     out = ck.out_array(out, x.shape, dt, x, where)
     return eps, weight, bias, out
 

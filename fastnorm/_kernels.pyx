@@ -357,9 +357,9 @@ cdef inline void plane_moments(const floating *x, const Units *g, int64_t i,
             fn_dev_blk_f32(p, ln, <float>m, &sd, &sdd)
         else:
             fn_dev_f64(p, ln, m, &sd, &sdd)
-    pm[at] = m + sd / cnt
+    pm[at] = m + sd / cnt if isfinite(m) else m
     sdd = sdd - sd * sd / cnt
-    pm2[at] = sdd if sdd > 0.0 else 0.0
+    pm2[at] = 0.0 if sdd < 0.0 else sdd
 
 
 cdef inline void plane_dot(const floating *x, const floating *dy, const Units *g,
@@ -446,9 +446,9 @@ cdef inline void rows_moments(const floating *x, const Units *g, int64_t i,
             sd += acc[j]
             sdd += acc2[j]
         j = (c0 + c) * g.per_chan + b
-        pm[j] = mj[c * g.L] + sd / cnt
+        pm[j] = mj[c * g.L] + sd / cnt if isfinite(mj[c * g.L]) else mj[c * g.L]
         sdd = sdd - sd * sd / cnt
-        pm2[j] = sdd if sdd > 0.0 else 0.0
+        pm2[j] = 0.0 if sdd < 0.0 else sdd
 
 
 cdef inline void rows_dot(const floating *x, const floating *dy, const Units *g,
@@ -506,11 +506,14 @@ cdef inline void chan_merge(const Units *g, int64_t c, const double *pm,
         nb = <double>unit_count(g, u)
         tot = cnt + nb
         d = pm[c * g.per_chan + u] - mu
-        mu = mu + d * (nb / tot)
+        if isfinite(mu) and isfinite(pm[c * g.per_chan + u]):
+            mu = mu + d * (nb / tot)
+        else:
+            mu = (mu * cnt + pm[c * g.per_chan + u] * nb) / tot
         m2 = m2 + pm2[c * g.per_chan + u] + d * d * (cnt * nb / tot)
         cnt = tot
     mean[c] = mu
-    var[c] = (m2 if m2 > 0.0 else 0.0) / cnt
+    var[c] = (0.0 if m2 < 0.0 else m2) / cnt
 
 
 cdef inline void sum_merge(const Units *g, int64_t c, const double *pa,
@@ -763,11 +766,14 @@ cdef int eval_coefficients(const floating *rm, const floating *rv,
     centre = mean rounded to the data type, shift = (centre - mean) * scale
     + bias.  k: centre, scale, shift, each C long.  Returns 0 when some
     var + eps is not positive (NaN or negative variance: left to the
-    general path and its warnings), else 1."""
+    general path and its warnings) or a mean or weight is not finite (the
+    general path's rule for those), else 1."""
     cdef int64_t c
     cdef double m, inv, sc, ctr
     for c in range(C):
-        if not (<double>rv[c] + eps > 0.0):
+        if not (<double>rv[c] + eps > 0.0 and isfinite(<double>rm[c])):
+            return 0
+        if w != NULL and not isfinite(<double>w[c]):
             return 0
     for c in range(C):
         m = <double>rm[c]
@@ -1098,9 +1104,9 @@ cdef inline void run_moments(const floating *p, int64_t n, double *pm,
         fn_dev_blk_f32(p, n, <float>m, &sd, &sdd)
     else:
         fn_dev_f64(p, n, m, &sd, &sdd)
-    pm[0] = m + sd / cnt
+    pm[0] = m + sd / cnt if isfinite(m) else m
     sdd = sdd - sd * sd / cnt
-    pm2[0] = sdd if sdd > 0.0 else 0.0
+    pm2[0] = 0.0 if sdd < 0.0 else sdd
 
 
 cdef struct Moments:
@@ -1125,12 +1131,15 @@ cdef inline Moments slice_moments(const floating *p, int64_t D) noexcept nogil:
         nb = <double>ln
         tot = cnt + nb
         d = pm - mu
-        mu = mu + d * (nb / tot)
+        if isfinite(mu) and isfinite(pm):
+            mu = mu + d * (nb / tot)
+        else:
+            mu = (mu * cnt + pm * nb) / tot
         m2 = m2 + pm2 + d * d * (cnt * nb / tot)
         cnt = tot
         j0 += ln
     res.mean = mu
-    res.var = (m2 if m2 > 0.0 else 0.0) / cnt
+    res.var = (0.0 if m2 < 0.0 else m2) / cnt
     res.invstd = 0.0           # set by slice_statistics
     return res
 
@@ -1217,8 +1226,16 @@ cdef inline Moments slice_statistics(const floating *p, int64_t D, double eps,
     """slice_moments and invstd: 1 / sqrt(var + eps), or with rms
     1 / sqrt(var + mean**2 + eps)."""
     cdef Moments mo = slice_moments(p, D)
+    cdef double ms
+    cdef int64_t j
     if rms:
-        mo.invstd = 1.0 / sqrt(mo.var + mo.mean * mo.mean + eps)
+        ms = mo.var + mo.mean * mo.mean
+        if not isfinite(ms):    # an infinity in the slice: var is NaN, the mean square inf
+            ms = 0.0
+            for j in range(D):
+                ms = ms + <double>p[j] * <double>p[j]
+            ms = ms / <double>D
+        mo.invstd = 1.0 / sqrt(ms + eps)
     else:
         mo.invstd = 1.0 / sqrt(mo.var + eps)
     return mo
@@ -1325,7 +1342,8 @@ cdef inline void group_backward(const floating *x, const floating *dy, floating 
         B = B + wv * sb
     q = inv * inv * inv * B / <double>D
     c = <double><floating>m
-    kk = inv * A / <double>D + q * (c - m)
+    # as _checks.centered: no correction for a non-finite mean or q
+    kk = inv * A / <double>D + (q * (c - m) if isfinite(m) and isfinite(q) else 0.0)
     for k in range(K):
         ch = (r % G) * K + k
         wv = <double>w[ch] if w != NULL else 1.0

@@ -131,7 +131,11 @@ def statistics(where, x, nshape, weight, bias, eps, rms):
         return SavedRows(x2, x.shape, mean, invstd, rms, False)
     _kernels.batch_stats(x2.reshape(1, R, D), mean, var)
     if rms:
-        invstd = 1.0 / np.sqrt(var + mean * mean + eps)
+        ms = var + mean * mean
+        bad = ~np.isfinite(ms)
+        if bad.any():   # an infinity in the row: var is NaN, the mean square inf
+            ms[bad] = np.einsum("ij,ij->i", x2[bad], x2[bad], dtype=np.float64) / D
+        invstd = 1.0 / np.sqrt(ms + eps)
         mean = np.zeros(R)
     else:
         invstd = 1.0 / np.sqrt(var + eps)
@@ -167,8 +171,7 @@ def forward(where, x, nshape, weight, bias, eps, out, rms):
     if rms:
         center = shift = saved.mean          # zeros
     else:
-        center = saved.mean.astype(dt).astype(np.float64)
-        shift = (center - saved.mean) * saved.invstd
+        center, shift = ck.centered(saved.mean, dt, saved.invstd)
     _kernels.layer_affine(saved.x2, y.reshape(R, D), center, saved.invstd, shift,
                           w if w is not None else unit_weight(D, dt),
                           b if b is not None else np.zeros(D, dt))
@@ -206,8 +209,8 @@ def backward(where, grad_output, saved, weight, nshape, need_weight, need_bias):
         center = saved.mean          # zeros
         k = np.zeros(R)
     else:
-        center = saved.mean.astype(dt).astype(np.float64)
-        k = inv * row_a / D + q * (center - saved.mean)
+        center, term = ck.centered(saved.mean, dt, q)
+        k = inv * row_a / D + term
     _kernels.layer_bwd_input(x2, g2, dx.reshape(R, D), w1, center, inv, q, k)
     gw = col_dyxhat.astype(dt).reshape(nshape) if need_weight else None
     gb = col_dy.astype(dt).reshape(nshape) if need_bias else None

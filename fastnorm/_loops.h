@@ -214,7 +214,7 @@ static inline void fn_dot_blk_f32(const float *x, const float *dy, int64_t n,
         tb += g * ((double)x[i] - (double)mf);
     }
     *sdy += ta;
-    *sdyx += tb + ((double)mf - m) * ta;
+    *sdyx += tb + ((double)mf != m && __builtin_isfinite(ta) ? ((double)mf - m) * ta : 0.0);
 }
 
 /* Streaming (non-temporal) stores of a tile computed in L1: the output

@@ -446,3 +446,24 @@ def test_eval_fast_path_empty_batch(rng):
     fast, general = _eval_pair((0, 3, 4, 4), np.float32, rng)
     x = np.zeros((0, 3, 4, 4), np.float32)
     assert fast(x).shape == (0, 3, 4, 4)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("where", ["running_mean", "weight"])
+def test_eval_with_infinite_running_mean_or_weight(where):
+    """An infinite running mean gives -inf (x finite), an infinite weight
+    +-inf or NaN where x == mean, as (x - mean) * w / sqrt(var + eps) does,
+    on the per-call fast path as on the general one, without warnings."""
+    layer = fastnorm.BatchNorm2d(3).eval()
+    layer.running_mean[...] = [0.5, 0.0, 0.0]
+    getattr(layer, where)[0] = np.inf
+    x = np.array([0.0, 0.5, 1.0, 2.0], np.float32).reshape(1, 1, 2, 2).repeat(3, axis=1)
+    y = layer(x)
+    if where == "running_mean":
+        assert (y[:, 0] == -np.inf).all()
+    else:
+        want = np.array([-np.inf, np.nan, np.inf, np.inf], np.float32).reshape(1, 2, 2)
+        np.testing.assert_array_equal(y[:, 0], want)
+    np.testing.assert_allclose(y[:, 1:], x[:, 1:] / np.sqrt(1 + layer.eps), rtol=1e-6)
+    swapped = x.astype(">f4")          # same values; the fast path declines it
+    assert layer(swapped).tobytes() == y.tobytes()
