@@ -26,10 +26,7 @@ class Saved:
 
 def as_ncl(x):
     """Contiguous aligned (N, C, L) view of x (a copy only if x is not)."""
-    if not (x.flags.c_contiguous and x.flags.aligned):
-        x = np.ascontiguousarray(x)
-        if not x.flags.aligned:  # pragma: no cover - numpy allocates aligned
-            x = x.copy()
+    x = ck.for_kernel(x)
     L = 1
     for s in x.shape[2:]:
         L *= s

@@ -202,3 +202,11 @@ def centered(mean, dtype, factor):
     term = np.multiply(d, factor, out=np.zeros(np.broadcast(d, factor).shape),
                        where=np.isfinite(factor))
     return center, term
+
+
+def for_kernel(a):
+    """a as a C-contiguous, aligned array for the kernels (a copy only when a
+    is not already one: strided, or contiguous at an unaligned address)."""
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a
+    return np.array(a, order="C", copy=True)

@@ -90,12 +90,12 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
     G = saved.groups
     cg = C // G
     if weight is not None:
-        weight = np.ascontiguousarray(ck.param(weight, "weight", C, dt, where))
+        weight = ck.for_kernel(ck.param(weight, "weight", C, dt, where))
     dx = _pool.empty(saved.shape, dt)
     if g.size == 0:
         z = np.zeros(C, dtype=dt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)
-    g3 = np.ascontiguousarray(g).reshape(1, N * C, L)
+    g3 = ck.for_kernel(g).reshape(1, N * C, L)
     inv_nc = np.repeat(saved.invstd, cg)
     s1 = np.empty(N * C)    # sum of dy per (n, c)
     s2 = np.empty(N * C)    # sum of dy * (x - mean) per (n, c)
@@ -138,8 +138,8 @@ def _prepare(where, x, C, weight, bias, eps, out):
     eps = ck.eps_value(eps, where)
     weight = ck.param(weight, "weight", C, dt, where)
     bias = ck.param(bias, "bias", C, dt, where)
-    weight = None if weight is None else np.ascontiguousarray(weight)
-    bias = None if bias is None else np.ascontiguousarray(bias)
+    weight = None if weight is None else ck.for_kernel(weight)
+    bias = None if bias is None else ck.for_kernel(bias)
     out = ck.out_array(out, x.shape, dt, x, where)
     return eps, weight, bias, out
 

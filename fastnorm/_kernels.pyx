@@ -855,6 +855,8 @@ def batch_eval(x, out, running_mean, running_var, weight, bias, double eps,
             held += 1
             if o is not None and not got[held - 1]:
                 return 0
+            if got[held - 1] and (<size_t>v[held - 1].buf) % v[0].itemsize:
+                return 0        # unaligned: the general path copies it
         for o in (mean, invstd):
             got[held] = take_buffer(o, &v[held], 1, b"d", C)
             held += 1

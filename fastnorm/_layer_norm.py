@@ -91,12 +91,12 @@ def _row_param(a, name, nshape, dtype, where):
             f"{where}: expected {name} of shape {ck.shape_str(nshape)} "
             f"(normalized_shape), got shape {ck.shape_str(a.shape)}")
     ck.check_dtype_match(a, dtype, name, where)
-    return np.ascontiguousarray(a).reshape(-1)
+    return ck.for_kernel(a).reshape(-1)
 
 
 def _as_rows(x, D):
     """Contiguous aligned (R, D) view of x (a copy only if x is not)."""
-    x2 = np.ascontiguousarray(x).reshape(-1, D)
+    x2 = ck.for_kernel(x).reshape(-1, D)
     if not x2.flags.aligned:  # pragma: no cover - numpy allocates aligned
         x2 = x2.copy()
     return x2
@@ -191,7 +191,7 @@ def backward(where, grad_output, saved, weight, nshape, need_weight, need_bias):
     if R == 0:
         z = np.zeros(nshape, dtype=dt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)
-    g2 = np.ascontiguousarray(g).reshape(R, D)
+    g2 = ck.for_kernel(g).reshape(R, D)
     w1 = w if w is not None else unit_weight(D, dt)
     col_dy, col_dyxhat = np.empty(D), np.empty(D)
     if fused(D, dt):

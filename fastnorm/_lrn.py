@@ -50,6 +50,6 @@ def backward(where, grad_output, x3, shape, size, alpha, beta, k):
     g = ck.grad_output(grad_output, shape, x3.dtype, where)
     dx = _pool.empty(shape, x3.dtype)
     if g.size:
-        g3 = np.ascontiguousarray(g).reshape(x3.shape)
+        g3 = ck.for_kernel(g).reshape(x3.shape)
         _kernels.lrn_backward(x3, g3, dx.reshape(x3.shape), size, alpha, beta, k)
     return dx
