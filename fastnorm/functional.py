@@ -8,8 +8,9 @@ from . import _batch_norm as _bn
 from . import _group_norm as _gn
 from . import _layer_norm as _ln
 from . import _lrn
+from ._moments import Moments, merge_moments, moments, reduce_moments
 
-__all__ = ["batch_norm", "batch_norm_backward", "instance_norm", "instance_norm_backward",
+__all__ = ["moments", "merge_moments", "reduce_moments", "Moments", "batch_norm", "batch_norm_backward", "instance_norm", "instance_norm_backward",
            "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward",
            "rms_norm", "rms_norm_backward", "local_response_norm",
            "local_response_norm_backward"]
