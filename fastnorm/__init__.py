@@ -13,7 +13,8 @@ from . import _native  # noqa: F401
 from . import functional
 from ._pool import pool as _output_pool
 from ._modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d,
-                       InstanceNorm2d, InstanceNorm3d, LayerNorm, LocalResponseNorm, RMSNorm)
+                       InstanceNorm2d, InstanceNorm3d, LayerNorm, LocalResponseNorm, RMSNorm,
+                       SwitchableNorm1d, SwitchableNorm2d, SwitchableNorm3d)
 
 try:
     __version__ = _version("fastnorm")
@@ -44,5 +45,6 @@ def release_output_pool():
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d",
            "InstanceNorm3d", "GroupNorm", "LayerNorm", "RMSNorm", "LocalResponseNorm",
+           "SwitchableNorm1d", "SwitchableNorm2d", "SwitchableNorm3d",
            "functional", "output_pool_info", "set_output_pool_limit", "release_output_pool",
            "__version__"]

@@ -7,6 +7,7 @@ from . import _batch_norm as _bn
 from . import _group_norm as _gn
 from . import _layer_norm as _ln
 from . import _lrn
+from . import _switchable as _sn
 from . import _checks as ck
 from . import _pool
 from ._native import kernels as _kernels
@@ -551,3 +552,86 @@ class LocalResponseNorm(Module):
         where = "LocalResponseNorm.backward"
         x3, shape, args = self._last_forward(where)
         return _lrn.backward(where, grad_output, x3, shape, *args)
+
+
+class _SwitchableNorm(_NormBase):
+    """Switchable normalisation (Luo et al. 2018, "Differentiable
+    Learning-to-Normalize via Switchable Normalization"): the mean and the
+    variance that normalise are mixtures of the instance, layer and batch
+    statistics with weights softmax(mean_weight) and softmax(var_weight),
+    learnable like weight and bias.  The batch statistics are tracked in
+    running_mean / running_var (momentum as BatchNorm's, None = cumulative
+    average) and replace the batch term in eval mode; the instance and layer
+    terms always come from the input.  using_bn=False mixes instance and
+    layer statistics only (no running statistics).  Variances are biased
+    (1/count) to normalise, unbiased for running_var.
+
+    backward(grad_output) returns the input gradient and stores weight_grad,
+    bias_grad, mean_weight_grad and var_weight_grad.
+    """
+
+    _param_names = ("weight", "bias", "mean_weight", "var_weight")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, using_bn=True, *,
+                 dtype=np.float32):
+        super().__init__(num_features, eps, momentum, affine, bool(using_bn), True, dtype)
+        self.using_bn = bool(using_bn)
+        terms = 3 if self.using_bn else 2
+        self.mean_weight = np.ones(terms, self.dtype)
+        self.var_weight = np.ones(terms, self.dtype)
+        self.mean_weight_grad = None
+        self.var_weight_grad = None
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, using_bn={self.using_bn}")
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        self.mean_weight[...] = 1
+        self.var_weight[...] = 1
+
+    def _forward(self, x, out):
+        where = type(self).__name__
+        x = self._check_input(x, where)
+        update = self.training and self.using_bn
+        momentum = ck.momentum_value(self.momentum, where)
+        nbt = self._next_count(update)
+        y, saved = _sn.forward(where, x, self.mean_weight, self.var_weight,
+                               self.running_mean, self.running_var, self.weight, self.bias,
+                               self.training, self.using_bn, update, momentum, self.eps,
+                               out, nbt)
+        if update:
+            self.num_batches_tracked[...] = nbt
+        self._saved = saved
+        self._saved_training = self.training
+        return y
+
+    def backward(self, grad_output):
+        """Input gradient of the last forward call; stores weight_grad,
+        bias_grad, mean_weight_grad and var_weight_grad."""
+        where = f"{type(self).__name__}.backward"
+        saved = self._saved_for_backward(where)
+        dx, gw, gb, gm, gv = _sn.backward(where, grad_output, saved, self.weight,
+                                          self.weight is not None, self.bias is not None)
+        self.weight_grad, self.bias_grad = gw, gb
+        self.mean_weight_grad, self.var_weight_grad = gm, gv
+        return dx
+
+
+class SwitchableNorm1d(_SwitchableNorm):
+    """Switchable normalisation over (N, C, L) input."""
+    _ndims = (3,)
+    _layout = "(N, C, L)"
+
+
+class SwitchableNorm2d(_SwitchableNorm):
+    """Switchable normalisation over (N, C, H, W) input."""
+    _ndims = (4,)
+    _layout = "(N, C, H, W)"
+
+
+class SwitchableNorm3d(_SwitchableNorm):
+    """Switchable normalisation over (N, C, D, H, W) input."""
+    _ndims = (5,)
+    _layout = "(N, C, D, H, W)"

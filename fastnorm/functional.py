@@ -8,12 +8,13 @@ from . import _batch_norm as _bn
 from . import _group_norm as _gn
 from . import _layer_norm as _ln
 from . import _lrn
+from . import _switchable as _sn
 from ._moments import Moments, merge_moments, moments, reduce_moments
 
 __all__ = ["moments", "merge_moments", "reduce_moments", "Moments", "batch_norm", "batch_norm_backward", "instance_norm", "instance_norm_backward",
            "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward",
            "rms_norm", "rms_norm_backward", "local_response_norm",
-           "local_response_norm_backward"]
+           "local_response_norm_backward", "switchable_norm", "switchable_norm_backward"]
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None,
@@ -198,3 +199,39 @@ def local_response_norm_backward(grad_output, input, size, alpha=1e-4, beta=0.75
     args = _lrn.check_args(size, alpha, beta, k, where)
     x = _lrn.check_input(input, where)
     return _lrn.backward(where, grad_output, _bn.as_ncl(x), x.shape, *args)
+
+
+def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_var=None,
+                    weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+                    using_bn=True, *, out=None):
+    """Switchable normalisation of input (N, C, *spatial): mean and variance
+    mixed from the instance, layer and batch statistics with weights
+    softmax(mean_weight), softmax(var_weight) (3 logits each; 2 with
+    using_bn=False, no batch term).  training=True: batch statistics, folded
+    into running_mean / running_var in place when given (momentum a number
+    in [0, 1]); training=False: the running statistics are the batch term.
+    See fastnorm.SwitchableNorm2d."""
+    where = "switchable_norm"
+    x = _bn.check_input(input, where, range(3, 64), layout="(N, C, *spatial)")
+    momentum = _bn.ck.momentum_value(momentum, where, allow_none=False)
+    update = bool(training) and using_bn and running_mean is not None
+    if bool(training) and using_bn and (running_mean is None) != (running_var is None):
+        raise ValueError(f"{where}: give both running_mean and running_var, or neither")
+    y, _ = _sn.forward(where, x, mean_weight, var_weight, running_mean, running_var, weight,
+                       bias, bool(training), bool(using_bn), update, momentum, eps, out)
+    return y
+
+
+def switchable_norm_backward(grad_output, input, mean_weight, var_weight, running_mean=None,
+                             running_var=None, weight=None, bias=None, training=False,
+                             eps=1e-5, using_bn=True):
+    """Gradients of switchable_norm(input, ...) called with the same
+    arguments: (grad_input, grad_weight or None, grad_bias or None,
+    grad_mean_weight, grad_var_weight).  Running statistics are not changed."""
+    where = "switchable_norm_backward"
+    x = _bn.check_input(input, where, range(3, 64), layout="(N, C, *spatial)")
+    saved, _, _, _ = _sn.statistics(where, x, mean_weight, var_weight, running_mean,
+                                    running_var, weight, bias, bool(training),
+                                    bool(using_bn), False, eps, None)
+    return _sn.backward(where, grad_output, saved, weight, weight is not None,
+                        bias is not None)

@@ -189,3 +189,44 @@ def local_response_norm_backward(dy, x, size, alpha=1e-4, beta=0.75, k=1.0):
         cs = [c for c in range(C) if c - size // 2 <= j <= c + (size - 1) // 2]
         dx[:, j] -= 2 * alpha * beta / size * x[:, j] * t[:, cs].sum(axis=1)
     return dx
+
+
+def switchable_norm(x, mean_weight, var_weight, weight=None, bias=None, eps=1e-5,
+                    training=True, running_mean=None, running_var=None, using_bn=True,
+                    momentum=0.1, num_batches_tracked=1):
+    """Switchable normalisation written from the paper's equations, float64:
+    each statistic computed directly over its own axes (no merging).
+    Returns (y, new_running_mean, new_running_var)."""
+    x = np.asarray(x, np.float64)
+    sp = tuple(range(2, x.ndim))
+    mu_in, var_in = x.mean(axis=sp, keepdims=True), x.var(axis=sp, keepdims=True)
+    ln = tuple(range(1, x.ndim))
+    mu_ln, var_ln = x.mean(axis=ln, keepdims=True), x.var(axis=ln, keepdims=True)
+    mus, vars_ = [mu_in, mu_ln], [var_in, var_ln]
+    new_rm, new_rv = running_mean, running_var
+    if using_bn:
+        bn = (0,) + sp
+        if training:
+            mu_bn, var_bn = x.mean(axis=bn, keepdims=True), x.var(axis=bn, keepdims=True)
+            n = x.size // x.shape[1]
+            f = momentum if momentum is not None else 1.0 / num_batches_tracked
+            new_rm = (1 - f) * np.asarray(running_mean, np.float64) + f * mu_bn.ravel()
+            new_rv = (1 - f) * np.asarray(running_var, np.float64) + f * var_bn.ravel() * n / (n - 1)
+        else:
+            mu_bn = _bcast(np.asarray(running_mean, np.float64), x.ndim)
+            var_bn = _bcast(np.asarray(running_var, np.float64), x.ndim)
+        mus.append(mu_bn)
+        vars_.append(var_bn)
+
+    def softmax(v):
+        e = np.exp(np.asarray(v, np.float64) - np.max(v))
+        return e / e.sum()
+    a, b = softmax(mean_weight), softmax(var_weight)
+    mu = sum(ak * m for ak, m in zip(a, mus))
+    var = sum(bk * v for bk, v in zip(b, vars_))
+    y = (x - mu) / np.sqrt(var + eps)
+    if weight is not None:
+        y = y * _bcast(np.asarray(weight, np.float64), x.ndim)
+    if bias is not None:
+        y = y + _bcast(np.asarray(bias, np.float64), x.ndim)
+    return y, new_rm, new_rv

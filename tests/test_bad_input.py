@@ -58,6 +58,8 @@ LAYERS = {
                 ((3, 4, 6), ["trailing dimensions (5,)", "(3, 4, 6)"]), False),
     "LocalResponseNorm": (lambda: fastnorm.LocalResponseNorm(3), (2, 4, 5), [1, 2],
                           None, False),
+    "SwitchableNorm2d": (_bn(fastnorm.SwitchableNorm2d, 4), (2, 3, 4, 5), [3, 5],
+                         ((2, 4, 4, 5), ["3 channels", "got 4 channels"]), True),
 }
 LAYER_NAMES = list(LAYERS)
 
@@ -313,6 +315,11 @@ OUTCOMES = {
     "RMSNorm": {("N=0", "train"): "ok", ("C=0", "train"): "ok", ("one", "train"): "ok"},
     "LocalResponseNorm": {("N=0", "train"): "ok", ("C=0", "train"): "ok",
                           ("L=0", "train"): "ok", ("one", "train"): "ok"},
+    "SwitchableNorm2d": {("N=0", "train"): (ValueError, ["non-empty input"]),
+                         ("N=0", "eval"): (ValueError, ["non-empty input"]),
+                         ("L=0", "train"): (ValueError, ["non-empty input"]),
+                         ("one", "train"): (ValueError, ["more than 1 value per channel"]),
+                         ("one", "eval"): "ok"},
 }
 MAKERS = dict({k: v[0] for k, v in LAYERS.items()},
               **{"InstanceNorm1d-untracked": lambda: fastnorm.InstanceNorm1d(3)})

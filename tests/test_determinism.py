@@ -59,6 +59,8 @@ for dt in (np.float32, np.float64):
         ("RMSNorm", _rms, (127, 769), dt),
         ("RMSNorm", _rms, (2, 3, 4097 * 3), dt),
         ("LocalResponseNorm", _lrn(5), (3, 97, 331), dt),
+        ("SwitchableNorm", lambda shape, dt: fastnorm.SwitchableNorm1d(shape[1], dtype=dt),
+         (9, 8, 4097), dt),
         ("LocalResponseNorm", _lrn(4), (2, 7, 33, 333), dt),
     ]
 

@@ -1,0 +1,208 @@
+"""Switchable normalisation (Luo et al. 2018): instance, layer and batch
+statistics mixed with softmax weights.
+
+For x (N, C, L) (L: the spatial elements of a channel plane, M of them):
+  instance  mu_in[n, c], var_in[n, c]   over the plane (biased)
+  layer     mu_ln[n], var_ln[n]          over (C, L): the instance moments of
+                                         sample n merged (Chan)
+  batch     mu_bn[c], var_bn[c]          over (N, L): the instance moments of
+                                         channel c merged; in eval mode the
+                                         running statistics
+  mu  = a_in mu_in  + a_ln mu_ln  + a_bn mu_bn,   a = softmax(mean_weight)
+  var = b_in var_in + b_ln var_ln + b_bn var_bn,  b = softmax(var_weight)
+  y   = (x - mu) / sqrt(var + eps) * weight[c] + bias[c]
+The data is read once for the instance moments (the kernels' Welford/Chan
+statistics per plane), once to normalise; layer and batch statistics come
+from merging the instance moments, never from sums of squares.
+With using_bn=False only the instance and layer terms exist (two weights).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _checks as ck
+from . import _pool
+from ._batch_norm import as_ncl
+from ._native import kernels as _kernels
+
+
+def softmax(v):
+    e = np.exp(v - v.max())
+    return e / e.sum()
+
+
+@dataclass
+class Saved:
+    """What backward needs from a forward call."""
+    x3: np.ndarray          # (N, C, L) view of the input
+    shape: tuple
+    mu_in: np.ndarray       # (N, C) float64
+    var_in: np.ndarray
+    mu_ln: np.ndarray       # (N,)
+    mu_bn: np.ndarray       # (C,)
+    mu: np.ndarray          # (N, C) mixed mean and 1 / sqrt(var + eps)
+    invstd: np.ndarray
+    stats: tuple            # (mu_k, var_k) per term, each broadcast to (N, C)
+    a: np.ndarray           # softmax(mean_weight), softmax(var_weight)
+    b: np.ndarray
+    batch_grad: bool        # the batch term depends on x (training)
+    overwritten: bool
+
+
+def check_mixing(mean_weight, var_weight, terms, dtype, where):
+    out = []
+    for name, v in (("mean_weight", mean_weight), ("var_weight", var_weight)):
+        v = ck.as_float_array(v, name, where)
+        if v.shape != (terms,):
+            raise ValueError(
+                f"{where}: expected {name} of shape ({terms},) (one logit per "
+                f"statistic: {'instance, layer, batch' if terms == 3 else 'instance, layer'}), "
+                f"got shape {ck.shape_str(v.shape)}")
+        ck.check_dtype_match(v, dtype, name, where)
+        out.append(v)
+    return out
+
+
+def _merged(mu, var, axis):
+    """Mean and biased variance of groups of equal-count moments merged
+    along axis: mean of the means, and mean of (var + (mu - mean)**2)."""
+    m = mu.mean(axis=axis, keepdims=True)
+    v = (var + (mu - m) ** 2).mean(axis=axis, keepdims=True)
+    return m, v
+
+
+def statistics(where, x, mean_weight, var_weight, running_mean, running_var, weight,
+               bias, training, using_bn, update, eps, out):
+    """Checks, and the mixed statistics of a checked x (N, C, *): a Saved
+    (overwritten left False), and the checked weight, bias and out."""
+    N, C = x.shape[:2]
+    dt = x.dtype
+    terms = 3 if using_bn else 2
+    eps = ck.eps_value(eps, where)
+    mean_weight, var_weight = check_mixing(mean_weight, var_weight, terms, dt, where)
+    weight = ck.param(weight, "weight", C, dt, where)
+    bias = ck.param(bias, "bias", C, dt, where)
+    if using_bn:
+        running_mean = ck.buffer(running_mean, "running_mean", C, dt, where, update)
+        running_var = ck.buffer(running_var, "running_var", C, dt, where, update)
+        if not training and (running_mean is None or running_var is None):
+            raise ValueError(f"{where}: eval mode with using_bn needs running_mean and "
+                             "running_var")
+    out = ck.out_array(out, x.shape, dt, x, where)
+    x3 = as_ncl(x)
+    M = x3.shape[2]
+    if M == 0 or N == 0:
+        raise ValueError(f"{where}: expected a non-empty input, got shape "
+                         f"{ck.shape_str(x.shape)}")
+    if training and using_bn and N * M == 1:
+        raise ValueError(f"{where}: expected more than 1 value per channel when training, "
+                         f"got input of shape {ck.shape_str(x.shape)}")
+
+    # instance moments, one pass over x: planes are the "channels" of (1, N*C, M)
+    mu_in = np.empty(N * C)
+    var_in = np.empty(N * C)
+    _kernels.batch_stats(x3.reshape(1, N * C, M), mu_in, var_in)
+    mu_in = mu_in.reshape(N, C)
+    var_in = var_in.reshape(N, C)
+    mu_ln, var_ln = _merged(mu_in, var_in, 1)          # (N, 1)
+    stats = [(mu_in, var_in), (np.broadcast_to(mu_ln, (N, C)), np.broadcast_to(var_ln, (N, C)))]
+    mu_bn = None
+    if using_bn:
+        if training:
+            mu_bn, var_bn = _merged(mu_in, var_in, 0)  # (1, C)
+        else:
+            mu_bn = running_mean.astype(np.float64)[None, :]
+            var_bn = running_var.astype(np.float64)[None, :]
+        stats.append((np.broadcast_to(mu_bn, (N, C)), np.broadcast_to(var_bn, (N, C))))
+    a = softmax(mean_weight.astype(np.float64))
+    b = softmax(var_weight.astype(np.float64))
+    mu = sum(a[k] * stats[k][0] for k in range(terms))
+    var = sum(b[k] * stats[k][1] for k in range(terms))
+    with np.errstate(invalid="ignore"):
+        invstd = 1.0 / np.sqrt(var + eps)
+    saved = Saved(x3, x.shape, mu_in, var_in, mu_ln[:, 0],
+                  None if mu_bn is None else np.broadcast_to(mu_bn[0], (C,)),
+                  mu, invstd, tuple(stats), a, b, bool(training and using_bn), False)
+    return saved, weight, bias, out
+
+
+def forward(where, x, mean_weight, var_weight, running_mean, running_var, weight,
+            bias, training, using_bn, update, momentum, eps, out, nbt=None):
+    """Switchable norm of a checked x (N, C, *).  Returns (y, Saved)."""
+    N, C = x.shape[:2]
+    dt = x.dtype
+    saved, weight, bias, out = statistics(where, x, mean_weight, var_weight, running_mean,
+                                          running_var, weight, bias, training, using_bn,
+                                          update, eps, out)
+    x3 = saved.x3
+    M = x3.shape[2]
+    invstd = saved.invstd
+    scale = invstd if weight is None else invstd * weight[None, :]
+    center, shift = ck.centered(saved.mu.reshape(-1), dt, scale.reshape(-1))
+    if bias is not None:
+        shift = shift + np.tile(bias.astype(np.float64), N)
+    y = out if out is not None else _pool.empty(x.shape, dt)
+    _kernels.batch_affine(x3.reshape(1, N * C, M), y.reshape(1, N * C, M), center,
+                          scale.reshape(-1), shift)
+    if update:
+        f = momentum if momentum is not None else 1.0 / nbt
+        n = N * M
+        var_bn = saved.stats[2][1][0]
+        running_mean[...] = (1.0 - f) * running_mean + f * saved.mu_bn
+        running_var[...] = (1.0 - f) * running_var + f * var_bn * (n / (n - 1))
+    saved.overwritten = out is not None and np.may_share_memory(out, x3)
+    return y, saved
+
+
+def backward(where, grad_output, saved, weight, need_weight, need_bias):
+    """(grad_input, grad_weight, grad_bias, grad_mean_weight, grad_var_weight)."""
+    x3 = saved.x3
+    dt = x3.dtype
+    N, C, M = x3.shape
+    ck.input_kept(saved.overwritten, where)
+    g = ck.grad_output(grad_output, saved.shape, dt, where)
+    if weight is not None:
+        weight = ck.param(weight, "weight", C, dt, where)
+    g3 = as_ncl(g)
+    flat, gflat = x3.reshape(1, N * C, M), g3.reshape(1, N * C, M)
+
+    # per plane: sum dy and sum dy * (x - mu) (mu: the mixed mean)
+    s_dy = np.empty(N * C)
+    s_dyx = np.empty(N * C)
+    _kernels.batch_bwd_sums(flat, gflat, saved.mu.reshape(-1), s_dy, s_dyx)
+    s_dy = s_dy.reshape(N, C)
+    s_dyx = s_dyx.reshape(N, C)
+    w = np.ones(C) if weight is None else weight.astype(np.float64)
+    inv = saved.invstd
+    # dL/dmu and dL/dvar of each plane (mu, var: the mixed statistics)
+    d_mu = -inv * w * s_dy
+    d_var = -0.5 * inv ** 3 * w * s_dyx
+    a, b = saved.a, saved.b
+    terms = len(a)
+    # through the mixing into the instance mean and variance of each plane
+    d_mu_in = a[0] * d_mu + a[1] * d_mu.sum(axis=1, keepdims=True) / C
+    d_var_in = b[0] * d_var + b[1] * d_var.sum(axis=1, keepdims=True) / C
+    # var_ln = mean_c(var_in) + mean_c((mu_in - mu_ln)**2)
+    d_mu_in += b[1] * d_var.sum(axis=1, keepdims=True) * 2 * (saved.mu_in - saved.mu_ln[:, None]) / C
+    if terms == 3 and saved.batch_grad:
+        d_mu_in += a[2] * d_mu.sum(axis=0, keepdims=True) / N
+        d_var_in += b[2] * d_var.sum(axis=0, keepdims=True) / N
+        d_mu_in += b[2] * d_var.sum(axis=0, keepdims=True) * 2 * (saved.mu_in - saved.mu_bn[None, :]) / N
+    # dx = w * inv * dy + d_mu_in / M + d_var_in * 2 (x - mu_in) / M, as the
+    # elementwise kernel's a * dy - b * (x - center) - k
+    coef_a = (inv * w).reshape(-1)
+    coef_b = (-2.0 * d_var_in / M).reshape(-1)
+    center, term = ck.centered(saved.mu_in.reshape(-1), dt, coef_b)
+    coef_k = -(d_mu_in.reshape(-1) / M) + term
+    dx = _pool.empty(saved.shape, dt)
+    _kernels.batch_bwd_input(flat, gflat, dx.reshape(1, N * C, M), center, coef_a, coef_b,
+                             coef_k)
+    # parameters: x_hat = (x - mu) * inv, so sum dy * x_hat = s_dyx * inv
+    gw = (s_dyx * inv).sum(axis=0).astype(dt) if need_weight else None
+    gb = s_dy.sum(axis=0).astype(dt) if need_bias else None
+    # mixing logits: dL/da_k = sum d_mu * mu_k, then through the softmax
+    da = np.array([(d_mu * saved.stats[k][0]).sum() for k in range(terms)])
+    db = np.array([(d_var * saved.stats[k][1]).sum() for k in range(terms)])
+    g_mean_w = (a * (da - (a * da).sum())).astype(dt)
+    g_var_w = (b * (db - (b * db).sum())).astype(dt)
+    return dx, gw, gb, g_mean_w, g_var_w
