@@ -34,32 +34,47 @@ def _in_threads(n, target):
         raise errors[0]
 
 
-# a call that takes tens of milliseconds on one thread
+# a call that takes tens of milliseconds on one thread; the batch grows
+# (doubling) until one call takes at least MIN_CALL on this machine
 BIG = (40, 96, 55, 55)
+MIN_CALL = 0.03
+NAMES = ["LocalResponseNorm", "LocalResponseNorm.backward", "BatchNorm2d train+backward",
+         "GroupNorm+backward"]
 
 
-def _slow_calls():
-    x = np.random.default_rng(0).normal(size=BIG).astype(np.float32)
+def _slow_call(name, n):
+    x = np.random.default_rng(0).normal(size=(n,) + BIG[1:]).astype(np.float32)
     lrn = fastnorm.LocalResponseNorm(5)
     bn = fastnorm.BatchNorm2d(96)
     gn = fastnorm.GroupNorm(8, 96)
-    return [("LocalResponseNorm", lambda: lrn(x)),
-            ("LocalResponseNorm.backward", lambda: (lrn(x), lrn.backward(x))),
-            ("BatchNorm2d train+backward", lambda: (bn(x), bn.backward(x))),
-            ("GroupNorm+backward", lambda: (gn(x), gn.backward(x)))]
+    return {"LocalResponseNorm": lambda: lrn(x),
+            "LocalResponseNorm.backward": lambda: (lrn(x), lrn.backward(x)),
+            "BatchNorm2d train+backward": lambda: (bn(x), bn.backward(x)),
+            "GroupNorm+backward": lambda: (gn(x), gn.backward(x))}[name]
 
 
-@pytest.mark.parametrize("name,call", _slow_calls(), ids=lambda v: v if isinstance(v, str) else "")
-def test_kernels_release_the_gil(name, call):
+def _timed_slow_call(name):
+    """(call, seconds of one call at one thread), one call >= MIN_CALL."""
+    n = BIG[0]
+    with threadpool_limits(limits=1, user_api="openmp"):
+        while True:
+            call = _slow_call(name, n)
+            call()
+            t0 = time.perf_counter()
+            for _ in range(3):
+                call()
+            one = (time.perf_counter() - t0) / 3
+            if one >= MIN_CALL or n >= 16 * BIG[0]:
+                return call, one
+            n *= 2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_kernels_release_the_gil(name):
     """While a worker thread runs a kernel, this thread keeps running Python:
     the longest pause it sees is much shorter than one kernel call."""
-    with threadpool_limits(limits=1, user_api="openmp"):
-        call()
-        t0 = time.perf_counter()
-        for _ in range(3):
-            call()
-        one = (time.perf_counter() - t0) / 3
-    assert one > 0.02, f"{name} too fast ({one * 1e3:.2f} ms) to show a held GIL"
+    call, one = _timed_slow_call(name)
+    assert one >= MIN_CALL, f"{name} too fast ({one * 1e3:.2f} ms) to show a held GIL"
     done = threading.Event()
 
     def worker():
