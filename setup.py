@@ -1,4 +1,4 @@
-"""Build of fastnorm's one extension, fastnorm._kernels.
+"""Build of fastnorm's extensions: fastnorm._kernels (with its AVX2 copy) and fastnorm._pool.
 
 OpenMP is used when the compiler accepts -fopenmp (checked by compiling and
 linking a small program); otherwise the extension is built serial and a
@@ -6,11 +6,23 @@ warning says so.  Setting FASTNORM_DISABLE_OPENMP=1 forces the serial build.
 The flags target any x86-64 CPU (no -march=native): the same build goes into a
 wheel.  On x86-64 the same source is compiled a second time with -mavx2 as
 fastnorm._kernels_avx2, which fastnorm._native loads on CPUs with AVX2 (both
-copies round identically); FASTNORM_DISABLE_AVX2=1 skips that copy.  FASTNORM_EXTRA_CFLAGS / FASTNORM_EXTRA_LDFLAGS append flags (used for
-sanitizer builds).
+copies round identically); FASTNORM_DISABLE_AVX2=1 skips that copy.
+
+FASTNORM_SANITIZE=address,undefined (any comma-separated list of GCC/Clang
+sanitizers) builds every extension instrumented: -fsanitize=<list>
+-fno-omit-frame-pointer -g -O1 (instead of -O3), plus, when "undefined" is in
+the list, -fno-sanitize-recover=undefined (the first undefined-behaviour
+report aborts) and -fno-wrapv (Python's own CFLAGS carry -fwrapv, which makes
+signed overflow defined and so turns UBSan's check for it off); the
+extensions are linked with -fsanitize=<list> too.  Python itself is not
+instrumented: run such a build with the sanitizer runtime preloaded (see
+.ci/run).  Unset, the build is unchanged.  FASTNORM_EXTRA_CFLAGS /
+FASTNORM_EXTRA_LDFLAGS append flags.  A build directory last used with other
+flags is rebuilt in full.
 """
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -75,6 +87,25 @@ def compiler_has_avx2(compiler):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+SANITIZE_ENV = "FASTNORM_SANITIZE"
+
+
+def sanitizer_flags():
+    """(compile flags, link flags) for FASTNORM_SANITIZE; ([], []) when unset."""
+    value = os.environ.get(SANITIZE_ENV, "").strip()
+    if value in ("", "0"):
+        return [], []
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names or not all(re.fullmatch(r"[a-z][a-z0-9-]*", n) for n in names):
+        raise SystemExit(f"fastnorm: {SANITIZE_ENV} must be a comma-separated list of "
+                         f"sanitizers such as 'address,undefined', got {value!r}")
+    fsan = "-fsanitize=" + ",".join(names)
+    cflags = [fsan, "-fno-omit-frame-pointer", "-g", "-O1"]
+    if "undefined" in names:
+        cflags += ["-fno-sanitize-recover=undefined", "-fno-wrapv"]
+    return cflags, [fsan]
+
+
 class BuildExt(build_ext):
     def build_extensions(self):
         use_omp = os.environ.get("FASTNORM_DISABLE_OPENMP", "") in ("", "0")
@@ -90,21 +121,41 @@ class BuildExt(build_ext):
                     and compiler_has_avx2(self.compiler))
         if not use_avx2:
             self.extensions = [e for e in self.extensions if not e.name.endswith("_avx2")]
+        san_c, san_l = sanitizer_flags()
+        if san_c:
+            print(f"fastnorm: sanitizer build: {' '.join(san_c)}", file=sys.stderr)
         extra_c = os.environ.get("FASTNORM_EXTRA_CFLAGS", "").split()
         extra_l = os.environ.get("FASTNORM_EXTRA_LDFLAGS", "").split()
         for ext in self.extensions:
             # -ffp-contract=off: no fused multiply-add behind our back, so
             # every SIMD path rounds exactly like the baseline one.
-            ext.extra_compile_args = ["-O3", "-fno-math-errno", "-fno-trapping-math",
-                                      "-ffp-contract=off", "-Wno-psabi"] + extra_c
-            ext.extra_link_args = list(extra_l)
+            ext.extra_compile_args = (["-O3"] if not san_c else []) + [
+                "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+                "-Wno-psabi"] + san_c + extra_c
+            ext.extra_link_args = san_l + extra_l
             if ext.name.endswith("_avx2"):
                 # AVX2 only: no -mfma (and contraction is off anyway)
                 ext.extra_compile_args.append("-mavx2")
             if use_omp:
                 ext.extra_compile_args.append("-fopenmp")
                 ext.extra_link_args.append("-fopenmp")
+        # A build directory last used with other flags (a sanitizer build, say)
+        # is rebuilt in full, never reused: setuptools alone would keep its
+        # up-to-date extensions whatever flags built them.
+        flags = repr([(e.name, e.extra_compile_args, e.extra_link_args)
+                      for e in self.extensions])
+        stamp = os.path.join(self.build_temp, "fastnorm-build-flags.txt")
+        try:
+            with open(stamp) as f:
+                same = f.read() == flags
+        except OSError:
+            same = False
+        if not same:
+            self.force = self.compiler.force = True
         super().build_extensions()
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(stamp, "w") as f:
+            f.write(flags)
 
 
 def extensions():
