@@ -15,6 +15,7 @@ from ._pool import pool as _output_pool
 from ._modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d,
                        InstanceNorm2d, InstanceNorm3d, LayerNorm, LocalResponseNorm, RMSNorm,
                        SwitchableNorm1d, SwitchableNorm2d, SwitchableNorm3d)
+from ._sync_batch_norm import SyncBatchNorm
 
 try:
     __version__ = _version("fastnorm")
@@ -45,6 +46,6 @@ def release_output_pool():
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d",
            "InstanceNorm3d", "GroupNorm", "LayerNorm", "RMSNorm", "LocalResponseNorm",
-           "SwitchableNorm1d", "SwitchableNorm2d", "SwitchableNorm3d",
+           "SwitchableNorm1d", "SwitchableNorm2d", "SwitchableNorm3d", "SyncBatchNorm",
            "functional", "output_pool_info", "set_output_pool_limit", "release_output_pool",
            "__version__"]

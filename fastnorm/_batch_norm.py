@@ -51,13 +51,18 @@ def check_input(x, where, ndims, layout=None):
 
 
 def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
-            update, momentum, eps, out, nbt=None):
+            update, momentum, eps, out, nbt=None, moments=None):
     """Batch norm of a checked input x (ndarray, rank >= 2).
 
     batch_stats: normalise with this batch's statistics (else running ones).
     update: with batch_stats, fold them into running_mean / running_var.
     momentum: float, or None for a cumulative average over nbt batches
     (nbt: the count including this batch).
+    moments: with batch_stats, None or a callable(x3) -> (mean, var, count)
+    (float64 (C,) mean and biased variance, values per channel) that replaces
+    x's own statistics: SyncBatchNorm's, over every process's batch (x may
+    then be empty).  Called once, after every check, before anything is
+    written.
     Returns (y, Saved).
     """
     C = x.shape[1]
@@ -83,8 +88,13 @@ def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
     y = out if out is not None else _pool.empty(x.shape, dt)
     if x.size == 0 and not batch_stats:
         return y, Saved(x3, x.shape, np.zeros(C), np.ones(C), False, False)
-    mean, var, invstd = statistics(where, x3, x.shape, running_mean, running_var,
-                                   batch_stats, eps)
+    if batch_stats and moments is not None:
+        mean, var, count = moments(x3)
+        invstd = 1.0 / np.sqrt(var + eps)
+    else:
+        mean, var, invstd = statistics(where, x3, x.shape, running_mean, running_var,
+                                       batch_stats, eps)
+        count = x3.shape[0] * x3.shape[2]
     y3 = y.reshape(x3.shape)
 
     scale = invstd if weight is None else invstd * weight
@@ -92,10 +102,10 @@ def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
     center, shift = ck.centered(mean, dt, scale)
     if bias is not None:
         shift += bias
-    _kernels.batch_affine(x3, y3, center, scale, shift)
+    if x3.size:
+        _kernels.batch_affine(x3, y3, center, scale, shift)
     if batch_stats and update and running_mean is not None:
         f = momentum if momentum is not None else 1.0 / nbt
-        count = x3.shape[0] * x3.shape[2]
         unbiased = var * (count / (count - 1))
         running_mean[...] = (1.0 - f) * running_mean + f * mean
         running_var[...] = (1.0 - f) * running_var + f * unbiased
@@ -127,11 +137,16 @@ def statistics(where, x3, shape, running_mean, running_var, batch_stats, eps):
     return mean, var, 1.0 / np.sqrt(var + eps)
 
 
-def backward(where, grad_output, saved, weight, need_weight, need_bias, grad_input_out=None):
+def backward(where, grad_output, saved, weight, need_weight, need_bias, grad_input_out=None,
+             reduce=None):
     """Gradients of the forward that produced `saved`.
 
     Returns (grad_input, grad_weight or None, grad_bias or None), all in the
     input's dtype.  grad_input = d/dx of sum(grad_output * y).
+    reduce: None or a callable(sum_dy, sum_dyx, count) -> the same three for
+    the whole batch the forward's statistics came from (SyncBatchNorm: summed
+    over every process).  Called once, after every check, also when
+    grad_output is empty.
     """
     dt = saved.x3.dtype
     ck.input_kept(saved.overwritten, where)
@@ -144,19 +159,24 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias, grad_inp
     C = x3.shape[1]
     if dx is None:
         dx = _pool.empty(saved.shape, dt)
-    if g.size == 0:
+    if g.size == 0 and reduce is None:
         z = np.zeros(C, dtype=dt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)
     g3 = as_ncl(g)
     dx3 = dx.reshape(x3.shape)
 
-    sum_dy = np.empty(C)
-    sum_dyx = np.empty(C)
-    _kernels.batch_bwd_sums(x3, g3, saved.mean, sum_dy, sum_dyx)
+    sum_dy = np.zeros(C)
+    sum_dyx = np.zeros(C)
+    count = x3.shape[0] * x3.shape[2]
+    if g.size:
+        _kernels.batch_bwd_sums(x3, g3, saved.mean, sum_dy, sum_dyx)
+    if reduce is not None:
+        sum_dy, sum_dyx, count = reduce(sum_dy, sum_dyx, count)
 
     a = saved.invstd if weight is None else saved.invstd * weight
-    if saved.batch_stats:
-        count = x3.shape[0] * x3.shape[2]
+    if g.size == 0:
+        pass        # an empty share of a synced batch: no input gradient to write
+    elif saved.batch_stats:
         b = a * saved.invstd * saved.invstd * sum_dyx / count
         k = a * sum_dy / count
         # dx = a*dy - b*(x - mean) - k, with x - mean = (x - center) + (center - mean)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import fastnorm
+from util import OneRank
 
 F32, F64 = np.float32, np.float64
 
@@ -60,6 +61,10 @@ LAYERS = {
                           None, False),
     "SwitchableNorm2d": (_bn(fastnorm.SwitchableNorm2d, 4), (2, 3, 4, 5), [3, 5],
                          ((2, 4, 4, 5), ["3 channels", "got 4 channels"]), True),
+    # one process: the checks are local, before the exchange
+    "SyncBatchNorm": (_bn(lambda C: fastnorm.SyncBatchNorm(C, comm=OneRank()), 4),
+                      (2, 3, 4, 5), [1, 6],
+                      ((2, 4, 4, 5), ["3 channels", "got 4 channels"]), True),
 }
 LAYER_NAMES = list(LAYERS)
 
@@ -320,6 +325,14 @@ OUTCOMES = {
                          ("L=0", "train"): (ValueError, ["non-empty input"]),
                          ("one", "train"): (ValueError, ["more than 1 value per channel"]),
                          ("one", "eval"): "ok"},
+    # the count is the whole batch's (every rank's): an empty one is too few values
+    "SyncBatchNorm": {("N=0", "train"): (ValueError, ["more than 1 value per channel",
+                                                      "got 0 over all 1 ranks"]),
+                      ("N=0", "eval"): "ok", ("L=0", "eval"): "ok",
+                      ("L=0", "train"): (ValueError, ["more than 1 value per channel"]),
+                      ("C=0", "train"): (ValueError, ["3 channels", "got 0 channels"]),
+                      ("one", "train"): (ValueError, ["more than 1 value per channel"]),
+                      ("one", "eval"): "ok"},
 }
 MAKERS = dict({k: v[0] for k, v in LAYERS.items()},
               **{"InstanceNorm1d-untracked": lambda: fastnorm.InstanceNorm1d(3)})

@@ -7,7 +7,7 @@ threads started, caches and the pool filled) the process's resident set size
 may not grow by more than RSS_BOUND; two finer counters must stay flat too:
 the bytes glibc's malloc has handed out and not had back (C-level leaks: a
 kernel's scratch never freed) and CPython's count of allocated blocks (a
-reference leaked on any object).  Each of the ~130 kinds of call runs ~550
+reference leaked on any object).  Each of the ~140 kinds of call runs ~550
 times, so a leak in a single kind shows: ~550 leaked objects, or more than
 HEAP_BOUND when it loses ~120 bytes or more of malloc'd memory per call.
 
@@ -26,6 +26,7 @@ import pytest
 
 import fastnorm
 import fastnorm.functional as F
+from util import OneRank
 
 CALLS = 100_000            # fastnorm calls in the measured loop
 WARMUP_CALLS = 5_000
@@ -111,6 +112,7 @@ def _steps(rng):
             (fastnorm.LocalResponseNorm(3), x4, g4),
             (fastnorm.SwitchableNorm2d(3, dtype=dt), x4, g4),
             (fastnorm.SwitchableNorm1d(3, using_bn=False, dtype=dt), x4[:, :, 0], g4[:, :, 0]),
+            (fastnorm.SyncBatchNorm(3, dtype=dt, comm=OneRank(pickled=False)), x4, g4),
         ]
         for layer, x, g in layers:
             def train(layer=layer, x=x):

@@ -1,5 +1,27 @@
 """Helpers shared by the tests."""
+import pickle
+
 import numpy as np
+
+
+class OneRank:
+    """A communicator of size 1 for SyncBatchNorm; counts its collective
+    calls.  allgather pickles, as MPI copies, unless pickled=False (the leak
+    test: unpickling arrays fills caches of pickle's own for a while)."""
+
+    def __init__(self, pickled=True):
+        self.calls = 0
+        self.pickled = pickled
+
+    def allgather(self, obj):
+        self.calls += 1
+        return [pickle.loads(pickle.dumps(obj)) if self.pickled else obj]
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 1
 
 
 def finite_differences(f, a, h=1e-6):
