@@ -2,6 +2,7 @@
 eval-mode layer at once and each gets its own correct result; training calls
 that update running statistics on one layer are serialised (no update lost).
 """
+import gc
 import sys
 import threading
 import time
@@ -75,6 +76,12 @@ def test_kernels_release_the_gil(name):
     the longest pause it sees is much shorter than one kernel call."""
     call, one = _timed_slow_call(name)
     assert one >= MIN_CALL, f"{name} too fast ({one * 1e3:.2f} ms) to show a held GIL"
+    # outputs come from the output pool: empty it of other sizes' blocks (the
+    # smaller batches tried above, earlier tests) and let this call's blocks
+    # settle, so no block is unmapped (with the GIL, ~40 ms for 90 MiB)
+    # while this thread watches
+    fastnorm.release_output_pool()
+    call()
     done = threading.Event()
 
     def worker():
@@ -86,6 +93,11 @@ def test_kernels_release_the_gil(name):
         done.set()
     old = sys.getswitchinterval()
     sys.setswitchinterval(0.001)    # short hand-overs between the two threads
+    # no cyclic garbage collection meanwhile: after the rest of the suite a
+    # full collection, run by whichever thread allocates, holds the GIL for
+    # tens of milliseconds (seen: a 41 ms stall), which is not the kernels'
+    gc_was_on = gc.isenabled()
+    gc.disable()
     try:
         t = threading.Thread(target=worker)
         t.start()
@@ -98,6 +110,8 @@ def test_kernels_release_the_gil(name):
         t.join()
     finally:
         sys.setswitchinterval(old)
+        if gc_was_on:
+            gc.enable()
     # a held GIL would stall this loop for a whole call; Python's switch
     # interval (5 ms) bounds the pauses while the worker does Python work
     assert gap < 0.6 * one, (
