@@ -5,8 +5,6 @@ OpenMP-parallel Cython whose results do not depend on the thread count.
 Threads are OpenMP's: limit them with threadpoolctl.threadpool_limits or
 OMP_NUM_THREADS.
 """
-from importlib.metadata import PackageNotFoundError, version as _version
-
 # Loading the extension at import links the OpenMP runtime, so
 # threadpoolctl sees (and can limit) it as soon as fastnorm is imported.
 from . import _native  # noqa: F401
@@ -17,10 +15,8 @@ from ._modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, Instanc
                        SwitchableNorm1d, SwitchableNorm2d, SwitchableNorm3d)
 from ._sync_batch_norm import SyncBatchNorm
 
-try:
-    __version__ = _version("fastnorm")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0+unknown"
+from ._version import __version__
+from ._config import show_config
 
 
 def output_pool_info():
@@ -48,4 +44,4 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "Insta
            "InstanceNorm3d", "GroupNorm", "LayerNorm", "RMSNorm", "LocalResponseNorm",
            "SwitchableNorm1d", "SwitchableNorm2d", "SwitchableNorm3d", "SyncBatchNorm",
            "functional", "output_pool_info", "set_output_pool_limit", "release_output_pool",
-           "__version__"]
+           "show_config", "__version__"]

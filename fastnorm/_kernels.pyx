@@ -76,6 +76,7 @@ cdef extern from "_omp_shim.h" nogil:
     int omp_get_thread_num()
     int omp_get_num_threads()
     int FASTNORM_HAVE_OPENMP
+    size_t fn_openmp_address()
 
 cdef extern from "_loops.h" nogil:
     double fn_sum_blk_f32(const float *x, int64_t n)
@@ -1596,6 +1597,12 @@ def cpu_has_avx2():
 def openmp_enabled():
     """True when the extension was compiled with OpenMP."""
     return bool(FASTNORM_HAVE_OPENMP)
+
+
+def openmp_address():
+    """Address of omp_get_max_threads as this extension resolved it (0 when
+    built without OpenMP): it lies in the OpenMP runtime fastnorm uses."""
+    return fn_openmp_address()
 
 
 def max_threads():

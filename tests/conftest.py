@@ -28,7 +28,7 @@ def pytest_report_header(config):
         tv = "not installed"
     return (f"fastnorm {fastnorm.__version__} from {os.path.dirname(fastnorm.__file__)}; "
             f"openmp={_kernels.openmp_enabled()} max_threads={_kernels.max_threads()}; "
-            f"torch {tv}")
+            f"numpy {np.__version__}; torch {tv}")
 
 
 @pytest.fixture
