@@ -18,10 +18,16 @@ extensions are linked with -fsanitize=<list> too.  Python itself is not
 instrumented: run such a build with the sanitizer runtime preloaded (see
 .ci/run).  Unset, the build is unchanged.  FASTNORM_EXTRA_CFLAGS /
 FASTNORM_EXTRA_LDFLAGS append flags.  A build directory last used with other
-flags is rebuilt in full.
+flags is rebuilt in full.  Normal builds carry no debug information (-g0
+after Python's own -g): the wheel is a third of the size.
+
+Next to the extensions the build writes fastnorm/_build_info.py (compiler,
+flags, Cython version, OpenMP, kernel copies), which fastnorm.show_config()
+reports.  It is a build product: not in git, not in the sdist.
 """
 import os
 import platform
+import pprint
 import re
 import shutil
 import subprocess
@@ -107,6 +113,12 @@ def sanitizer_flags():
 
 
 class BuildExt(build_ext):
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:
+            # the three extensions compile side by side (-j), one per core
+            self.parallel = max(1, min(3, os.cpu_count() or 1))
+
     def build_extensions(self):
         use_omp = os.environ.get("FASTNORM_DISABLE_OPENMP", "") in ("", "0")
         if use_omp and not compiler_has_openmp(self.compiler):
@@ -129,7 +141,7 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             # -ffp-contract=off: no fused multiply-add behind our back, so
             # every SIMD path rounds exactly like the baseline one.
-            ext.extra_compile_args = (["-O3"] if not san_c else []) + [
+            ext.extra_compile_args = (["-O3", "-g0"] if not san_c else []) + [
                 "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
                 "-Wno-psabi"] + san_c + extra_c
             ext.extra_link_args = san_l + extra_l
@@ -156,6 +168,50 @@ class BuildExt(build_ext):
         os.makedirs(self.build_temp, exist_ok=True)
         with open(stamp, "w") as f:
             f.write(flags)
+        self.write_build_info(use_omp, san_c)
+
+    def build_info_path(self):
+        # setuptools builds into build_lib even for in-place builds, then
+        # copies (copy_extensions_to_source)
+        return os.path.join(self.build_lib, "fastnorm", "_build_info.py")
+
+    def copy_extensions_to_source(self):
+        """In-place and editable builds: the build info goes with the extensions."""
+        super().copy_extensions_to_source()
+        package_dir = self.get_finalized_command("build_py").get_package_dir("fastnorm")
+        self.copy_file(self.build_info_path(), os.path.join(package_dir, "_build_info.py"),
+                       level=self.verbose)
+
+    def write_build_info(self, use_omp, san_c):
+        """fastnorm/_build_info.py in the build directory, beside the built
+        extensions (copied to the source tree by in-place/editable builds)."""
+        import Cython
+
+        cc = list(self.compiler.compiler_so)
+        try:
+            out = subprocess.run([cc[0], "--version"], capture_output=True, text=True,
+                                 timeout=60)
+            version = out.stdout.splitlines()[0].strip() if out.returncode == 0 else ""
+        except (OSError, IndexError, subprocess.SubprocessError):
+            version = ""
+        info = dict(
+            compiler=version or cc[0],
+            compiler_command=cc,
+            extensions={e.name: dict(compile_args=list(e.extra_compile_args),
+                                     link_args=list(e.extra_link_args))
+                        for e in self.extensions},
+            cython=Cython.__version__,
+            openmp=bool(use_omp),
+            sanitizers=" ".join(f for f in san_c if f.startswith("-fsanitize=")),
+            build_python=platform.python_version(),
+            build_platform=f"{platform.system()}-{platform.machine()}",
+        )
+        path = self.build_info_path()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write('"""How this copy of fastnorm was built: written by setup.py at build '
+                    'time."""\n')
+            f.write(f"BUILD_INFO = {pprint.pformat(info, width=88, sort_dicts=False)}\n")
 
 
 def extensions():
@@ -171,7 +227,8 @@ def extensions():
         for name in ("fastnorm._kernels", "fastnorm._kernels_avx2")
     ]
     exts.append(Extension("fastnorm._pool", sources=["fastnorm/_pool.pyx"]))
-    return cythonize(exts, compiler_directives={"language_level": 3})
+    return cythonize(exts, compiler_directives={"language_level": 3},
+                     nthreads=min(3, os.cpu_count() or 1))
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
