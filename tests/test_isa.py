@@ -2,6 +2,7 @@
 and that they give bitwise identical results."""
 import os
 import platform
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 import fastnorm
 from fastnorm import _kernels as baseline
 from fastnorm import _native
+from util import asan_loaded
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 HAS_AVX2 = baseline.cpu_has_avx2()
@@ -90,3 +92,57 @@ def test_bad_isa_request_is_refused(tmp_path):
 
 def test_import_names_the_chosen_copy():
     assert fastnorm._native.kernels.isa() in ("baseline", "avx2")
+
+
+# CPU models of qemu-x86_64 without AVX, oldest first: qemu64 has SSE2 and
+# SSE3 only (NumPy 2 needs x86-64-v2 and stops there), Nehalem adds SSSE3
+# and SSE4.2 (x86-64-v2), still no AVX.
+NO_AVX_CPUS = ("qemu64", "Nehalem")
+
+
+def _qemu_or_skip():
+    if asan_loaded():
+        # the sanitized build needs its runtime preloaded, which qemu-user
+        # cannot carry into the emulated process; this test is about CPUs
+        pytest.skip("under AddressSanitizer (.ci/run's sanitizer step)")
+    exe = shutil.which("qemu-x86_64")
+    if exe is None or not X86:
+        why = "qemu-x86_64 is not installed (Debian: qemu-user)" if X86 else "not x86-64"
+        if os.environ.get("FASTNORM_REQUIRE_QEMU") == "1":
+            pytest.fail(f"FASTNORM_REQUIRE_QEMU=1 but {why}")
+        pytest.skip(why)
+    return exe
+
+
+def test_runs_on_a_cpu_without_avx(tmp_path):
+    """Under qemu-x86_64 emulating a CPU without AVX, fastnorm loads its
+    baseline kernels by itself (no FASTNORM_ISA) and every layer gives the
+    bits the baseline copy gives on this CPU.  The oldest CPU model that
+    this NumPy runs on is used: qemu64 (SSE2 and SSE3) where NumPy allows."""
+    qemu = _qemu_or_skip()
+    env = {k: v for k, v in os.environ.items() if k != "FASTNORM_ISA"}
+    env["OMP_NUM_THREADS"] = "2"
+    ran = None
+    for cpu in NO_AVX_CPUS:
+        out = subprocess.run([qemu, "-cpu", cpu, sys.executable, "-c", "import numpy"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True)
+        if out.returncode == 0:
+            ran = cpu
+            break
+    assert ran is not None, f"NumPy imports under none of the qemu CPUs {NO_AVX_CPUS}"
+    path = tmp_path / "emulated.npz"
+    subprocess.run([qemu, "-cpu", ran, sys.executable, "-c", SCRIPT, str(path)], env=env,
+                   check=True, cwd=tmp_path, capture_output=True, text=True)
+    with np.load(path) as f:
+        emulated = {k: f[k] for k in f.files}
+    check = subprocess.run(
+        [qemu, "-cpu", ran, sys.executable, "-c",
+         "from fastnorm import _kernels as k; print(k.cpu_has_avx2())"],
+        env=env, cwd=tmp_path, check=True, capture_output=True, text=True)
+    assert check.stdout.split() == ["False"], f"qemu -cpu {ran} reports AVX2"
+    native = _outputs(tmp_path, "baseline")
+    assert str(emulated.pop("isa")) == "baseline" and str(native.pop("isa")) == "baseline"
+    assert emulated.keys() == native.keys() and len(native) > 60
+    for k in native:
+        np.testing.assert_array_equal(emulated[k], native[k], err_msg=f"{k} on qemu -cpu {ran}",
+                                      strict=True)

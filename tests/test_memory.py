@@ -26,7 +26,7 @@ import pytest
 
 import fastnorm
 import fastnorm.functional as F
-from util import OneRank
+from util import OneRank, asan_loaded
 
 CALLS = 100_000            # fastnorm calls in the measured loop
 WARMUP_CALLS = 5_000
@@ -38,18 +38,10 @@ BLOCKS_BOUND = 200         # CPython allocated blocks
 POOLED_EVERY = 1_000       # one large (pooled) forward + backward every this many steps
 
 
-def _asan_loaded():
-    try:
-        with open("/proc/self/maps") as f:
-            return "libasan" in f.read()
-    except OSError:
-        return False
-
-
 pytestmark = [
     pytest.mark.skipif(not os.path.exists("/proc/self/statm"),
                        reason="needs /proc/self/statm (Linux)"),
-    pytest.mark.skipif(_asan_loaded(),
+    pytest.mark.skipif(asan_loaded(),
                        reason="AddressSanitizer's allocator makes RSS and malloc counters "
                               "meaningless"),
 ]

@@ -4,6 +4,16 @@ import pickle
 import numpy as np
 
 
+def asan_loaded():
+    """True when AddressSanitizer's runtime is in this process (.ci/run's
+    sanitizer step preloads it)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return "libasan" in f.read()
+    except OSError:
+        return False
+
+
 class OneRank:
     """A communicator of size 1 for SyncBatchNorm; counts its collective
     calls.  allgather pickles, as MPI copies, unless pickled=False (the leak
