@@ -169,8 +169,8 @@ class SyncBatchNorm(_BatchNorm):
 
         layers: a BatchNorm layer, or a list, tuple or dict holding layers
         (nested containers too); a container comes back as a new one of the
-        same type with each BatchNorm replaced and everything else (a SyncBatchNorm too)
-        as it was.
+        same type with each BatchNorm replaced and everything else (a
+        SyncBatchNorm too) as it was.
         The new layer has the old one's configuration and mode and takes its
         arrays (weight, bias, running statistics, num_batches_tracked), shared
         as PyTorch's conversion shares them.  comm as in SyncBatchNorm.
