@@ -86,10 +86,16 @@ def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
 
     x3 = as_ncl(x)
     y = out if out is not None else _pool.empty(x.shape, dt)
-    if x.size == 0 and not batch_stats:
-        return y, Saved(x3, x.shape, np.zeros(C), np.ones(C), False, False)
+    empty = Saved(x3, x.shape, np.zeros(C), np.ones(C), batch_stats, False)
+    if x.size == 0 and (moments is None or not batch_stats):
+        # An empty batch (N = 0 or a zero spatial dim): nothing to normalise,
+        # and in training no statistics, so the running ones stay as they
+        # are (PyTorch's semantics; a layer still counts the batch).
+        return y, empty
     if batch_stats and moments is not None:
         mean, var, count = moments(x3)
+        if count == 0:      # every process's batch is empty
+            return y, empty
         invstd = 1.0 / np.sqrt(var + eps)
     else:
         mean, var, invstd = statistics(where, x3, x.shape, running_mean, running_var,
@@ -114,19 +120,14 @@ def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
 
 
 def statistics(where, x3, shape, running_mean, running_var, batch_stats, eps):
-    """(mean, biased var, invstd) in float64 that normalise x3 (N, C, L)."""
+    """(mean, biased var, invstd) in float64 that normalise x3 (N, C, L), not
+    empty."""
     if batch_stats:
         count = x3.shape[0] * x3.shape[2]
         if count == 1:
             raise ValueError(
                 f"{where}: expected more than 1 value per channel when training, "
                 f"got input of shape {ck.shape_str(shape)}"
-            )
-        if count == 0:
-            raise ValueError(
-                f"{where}: cannot compute batch statistics of an empty input "
-                f"(shape {ck.shape_str(shape)}); eval mode with running "
-                "statistics accepts empty batches"
             )
         mean = np.empty(x3.shape[1])
         var = np.empty(x3.shape[1])

@@ -177,7 +177,7 @@ def instance_forward(where, x, running_mean, running_var, weight, bias,
     L = 1
     for s in x.shape[2:]:
         L *= s
-    if L <= 1:
+    if L == 1:
         raise ValueError(
             f"{where}: expected more than 1 spatial element when using instance "
             f"statistics, got input of shape {ck.shape_str(x.shape)}"
@@ -190,7 +190,7 @@ def instance_forward(where, x, running_mean, running_var, weight, bias,
         momentum = ck.momentum_value(momentum, where, allow_none=False)
     x3 = as_ncl(x)
     y = out if out is not None else _pool.empty(x.shape, dt)
-    if N == 0:  # no instances: nothing to normalise, nothing to average
+    if x.size == 0:  # no instance, or empty planes: nothing to normalise or average
         return y, SavedGroups(x3, x.shape, C, np.zeros(0), np.zeros(0), False)
     mean, var, invstd = forward_slices(x3, y.reshape(x3.shape), C, weight, bias, eps)
     if update and running_mean is not None:
@@ -213,7 +213,7 @@ def saved_for_backward(where, x, groups, weight, bias, eps, instance):
         raise ValueError(
             f"{where}: input has {C} channels, not divisible into {groups} groups"
         )
-    if instance and int(np.prod(x.shape[2:])) <= 1:
+    if instance and int(np.prod(x.shape[2:])) == 1:
         raise ValueError(
             f"{where}: expected more than 1 spatial element when using instance "
             f"statistics, got input of shape {ck.shape_str(x.shape)}"

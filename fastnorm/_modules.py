@@ -330,10 +330,12 @@ class _InstanceNorm(_NormBase):
     """Instance normalisation: statistics per (sample, channel) over the
     spatial dims.  Accepts unbatched input (C, *spatial) like PyTorch.
 
-    Unlike PyTorch, momentum=None is the cumulative average over
-    num_batches_tracked, as in BatchNorm (PyTorch leaves the running
-    statistics at their initial values then), and num_batches_tracked counts
-    training batches when tracking.
+    With track_running_stats=True, num_batches_tracked stays 0 under a
+    numeric momentum, as in PyTorch.  momentum=None (which PyTorch takes as
+    momentum 0, leaving the running statistics at their initial values) is
+    here the cumulative average over num_batches_tracked, as in BatchNorm:
+    then num_batches_tracked counts the training calls on a non-empty batch
+    (N > 0 and a non-empty plane) made with momentum=None.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False,
@@ -353,11 +355,12 @@ class _InstanceNorm(_NormBase):
         update = self.training and self.track_running_stats
         momentum = ck.momentum_value(self.momentum, where)
         if instance_stats:
-            nbt = self._next_count(update)
+            counts = update and momentum is None and xb.size > 0
+            nbt = self._next_count(counts)
             y, saved = _gn.instance_forward(where, xb, self.running_mean,
                                             self.running_var, self.weight, self.bias,
                                             update, momentum, self.eps, ob, nbt)
-            if update and xb.shape[0] > 0:
+            if counts:
                 self.num_batches_tracked[...] = nbt
         else:
             y, saved = _bn.forward(where, xb, self.running_mean, self.running_var,

@@ -122,7 +122,9 @@ class SyncBatchNorm(_BatchNorm):
     running statistics follow the whole batch (unbiased variance from the
     total count; momentum=None is the cumulative average) and are the same
     bits on every rank.  Training needs more than one value per channel in
-    the whole batch.
+    the whole batch, or none: when every rank's batch is empty, every rank
+    gets an empty output and the running statistics stay as they are
+    (num_batches_tracked still counts the call), as BatchNorm's do.
 
     Each training forward and each training backward is one collective call
     (comm.allgather of a few small arrays): every rank of comm must make the
@@ -255,11 +257,14 @@ def merged_moments(where, parts, C, shape):
     """(mean, biased var, count) of the union of every rank's batch from the
     ranks' (count, mean, var), in rank order: a balanced tree of Chan merges
     (reduce_moments).  A rank's own (mean, var) is taken as it is when it is
-    the only one with data, so one process gives BatchNorm's bits.  shape:
-    this rank's input shape, for the error message."""
+    the only one with data, so one process gives BatchNorm's bits.  Count 0
+    (with mean 0, var 1) when every rank's batch is empty.  shape: this
+    rank's input shape, for the error message."""
     counts = [int(n) for n, _, _ in parts]
     total = sum(counts)
-    if total <= 1:
+    if total == 0:
+        return np.zeros(C), np.ones(C), 0
+    if total == 1:
         raise ValueError(
             f"{where}: expected more than 1 value per channel when training, got "
             f"{total} over all {len(parts)} ranks (values per channel, rank by "

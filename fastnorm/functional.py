@@ -66,7 +66,7 @@ def batch_norm_backward(grad_output, input, running_mean, running_var,
     rv = _bn.ck.buffer(running_var, "running_var", C, dt, where, writable=False)
     batch = bool(training)
     x3 = _bn.as_ncl(x)
-    if x.size == 0 and not batch:
+    if x.size == 0:     # an empty batch: no statistics, zero gradients
         mean, invstd = _bn.np.zeros(C), _bn.np.ones(C)
     else:
         mean, _, invstd = _bn.statistics(where, x3, x.shape, rm, rv, batch, eps)

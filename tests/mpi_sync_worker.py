@@ -37,6 +37,11 @@ SCENARIOS = {
                              kw=dict(track_running_stats=False)),
     "f64-2d-one-value-each": dict(dtype="float64", tail=(C,),
                                   splits={2: [1, 1], 3: [1, 1, 1]}, kw={}),
+    # every rank empty: empty outputs, running statistics kept, the call
+    # counted (and weighing the cumulative average: there is none to weigh)
+    "f64-3d-all-empty-cumulative": dict(dtype="float64", tail=(C, 4),
+                                        splits={2: [0, 0], 3: [0, 0, 0]},
+                                        kw=dict(momentum=None)),
     "f32-4d-larger": dict(dtype="float32", tail=(C, 24, 24),
                           splits={2: [9, 7], 3: [5, 8, 3]}, kw=dict(momentum=0.3)),
 }
@@ -126,7 +131,6 @@ ERROR_CASES = [
     ("out", "forward", {0: "out"}),
     ("two-ranks", "forward", {0: "rank", 2: "channels"}),
     ("too-few-values", "forward", {"splits": [1, 0, 0]}),
-    ("all-empty", "forward", {"splits": [0, 0, 0]}),
     ("config", "forward", {2: "eps"}),
     ("grad-shape", "backward", {1: "grad"}),
     ("in-place-forward", "backward", {0: "inplace"}),

@@ -298,20 +298,21 @@ def test_load_state_dict_is_checked_and_atomic(name):
 
 # Zero-size dimensions and one value per channel: the documented outcome per
 # layer and mode.  "ok": an empty (or constant) output of the input's shape
-# and a backward of zeros; otherwise (exception, words).
-EMPTY_N_TRAIN = (ValueError, ["empty input"])
+# and a backward of zeros; otherwise (exception, words).  An empty batch is
+# PyTorch's: an empty output in training too, running statistics unchanged,
+# BatchNorm's num_batches_tracked counting the call.
 ONE_SPATIAL = (ValueError, ["more than 1 spatial element"])
 OUTCOMES = {
     # name: {(what, mode): outcome}
-    "BatchNorm2d": {("N=0", "train"): EMPTY_N_TRAIN, ("N=0", "eval"): "ok",
-                    ("L=0", "train"): EMPTY_N_TRAIN, ("L=0", "eval"): "ok",
+    "BatchNorm2d": {("N=0", "train"): "ok", ("N=0", "eval"): "ok",
+                    ("L=0", "train"): "ok", ("L=0", "eval"): "ok",
                     ("C=0", "train"): (ValueError, ["3 channels", "got 0 channels"]),
                     ("one", "train"): (ValueError, ["more than 1 value per channel"]),
                     ("one", "eval"): "ok"},
     "InstanceNorm2d": {("N=0", "train"): "ok", ("N=0", "eval"): "ok",
-                       ("L=0", "train"): ONE_SPATIAL, ("L=0", "eval"): "ok",
+                       ("L=0", "train"): "ok", ("L=0", "eval"): "ok",
                        ("one", "train"): ONE_SPATIAL, ("one", "eval"): "ok"},
-    "InstanceNorm1d-untracked": {("N=0", "train"): "ok", ("L=0", "eval"): ONE_SPATIAL,
+    "InstanceNorm1d-untracked": {("N=0", "train"): "ok", ("L=0", "eval"): "ok",
                                  ("one", "eval"): ONE_SPATIAL},
     "GroupNorm": {("N=0", "train"): "ok", ("L=0", "train"): "ok", ("one", "train"): "ok",
                   ("C=0", "train"): (ValueError, ["4 channels", "got 0 channels"])},
@@ -325,13 +326,12 @@ OUTCOMES = {
                          ("L=0", "train"): (ValueError, ["non-empty input"]),
                          ("one", "train"): (ValueError, ["more than 1 value per channel"]),
                          ("one", "eval"): "ok"},
-    # the count is the whole batch's (every rank's): an empty one is too few values
-    "SyncBatchNorm": {("N=0", "train"): (ValueError, ["more than 1 value per channel",
-                                                      "got 0 over all 1 ranks"]),
-                      ("N=0", "eval"): "ok", ("L=0", "eval"): "ok",
-                      ("L=0", "train"): (ValueError, ["more than 1 value per channel"]),
+    # the count is the whole batch's (every rank's; one rank here)
+    "SyncBatchNorm": {("N=0", "train"): "ok", ("N=0", "eval"): "ok",
+                      ("L=0", "eval"): "ok", ("L=0", "train"): "ok",
                       ("C=0", "train"): (ValueError, ["3 channels", "got 0 channels"]),
-                      ("one", "train"): (ValueError, ["more than 1 value per channel"]),
+                      ("one", "train"): (ValueError, ["more than 1 value per channel",
+                                                      "got 1 over all 1 ranks"]),
                       ("one", "eval"): "ok"},
 }
 MAKERS = dict({k: v[0] for k, v in LAYERS.items()},
@@ -394,9 +394,14 @@ def test_zero_size_and_single_value_outcomes(name, what, mode, outcome):
             if grad is not None:
                 assert (grad == 0).all()
     if getattr(layer, "running_mean", None) is not None and x.size == 0:
-        # an empty batch leaves the running statistics as they were
-        for k in ("running_mean", "running_var", "num_batches_tracked"):
+        # an empty batch leaves the running statistics as they were; a
+        # BatchNorm in training counts it (PyTorch), InstanceNorm (numeric
+        # momentum) does not
+        for k in ("running_mean", "running_var"):
             assert getattr(layer, k).tobytes() == before[0][k][2], k
+        counted = mode == "train" and "BatchNorm" in name
+        nbt = int(np.frombuffer(before[0]["num_batches_tracked"][2], np.int64)[0])
+        assert int(layer.num_batches_tracked) == nbt + counted
 
 
 def test_rank_message_names_a_range_not_a_list():

@@ -254,14 +254,43 @@ def test_large_offset_float32_is_accurate(rng):
         assert err < 5e-6, err
 
 
-def test_empty_batch_eval_returns_empty_train_raises():
-    layer = fastnorm.BatchNorm2d(3).eval()
-    y = layer(np.zeros((0, 3, 4, 4), np.float32))
-    assert y.shape == (0, 3, 4, 4)
-    layer.train()
-    with pytest.raises(ValueError, match="empty input"):
-        layer(np.zeros((0, 3, 4, 4), np.float32))
-    assert int(layer.num_batches_tracked) == 0
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (5, 3, 0, 4)])
+def test_empty_batch_is_an_empty_output_and_counts(shape, rng):
+    """PyTorch's semantics: an empty batch in training gives an empty output,
+    leaves the running statistics and counts the batch; with momentum=None
+    the count then weighs the next batch (1 / num_batches_tracked)."""
+    layer = fastnorm.BatchNorm2d(3, momentum=None, dtype=np.float64)
+    layer.weight[...] = [1.0, 2.0, 3.0]
+    x0 = np.zeros(shape)
+    y = layer(x0)
+    assert y.shape == shape and y.dtype == np.float64
+    assert (layer.running_mean == 0).all() and (layer.running_var == 1).all()
+    assert int(layer.num_batches_tracked) == 1
+    dx = layer.backward(np.zeros(shape))
+    assert dx.shape == shape
+    assert (layer.weight_grad == 0).all() and (layer.bias_grad == 0).all()
+    x = rng.normal(size=(4, 3, 5, 5)) * 2 + 1
+    layer(x)
+    assert int(layer.num_batches_tracked) == 2
+    mean = x.mean(axis=(0, 2, 3))
+    var = x.var(axis=(0, 2, 3), ddof=1)
+    np.testing.assert_allclose(layer.running_mean, mean / 2, rtol=1e-12)
+    np.testing.assert_allclose(layer.running_var, 0.5 + var / 2, rtol=1e-12)
+    layer.eval()
+    assert layer(x0).shape == shape
+    assert int(layer.num_batches_tracked) == 2
+
+
+def test_functional_empty_batch_in_training(rng):
+    rm, rv = rng.normal(size=3), rng.uniform(1, 2, 3)
+    rm0, rv0 = rm.copy(), rv.copy()
+    x = np.zeros((0, 3, 4))
+    y = F.batch_norm(x, rm, rv, np.ones(3), np.zeros(3), training=True)
+    assert y.shape == x.shape
+    assert (rm == rm0).all() and (rv == rv0).all()
+    dx, dw, db = F.batch_norm_backward(np.zeros_like(x), x, rm, rv, np.ones(3), np.zeros(3),
+                                       training=True)
+    assert dx.shape == x.shape and (dw == 0).all() and (db == 0).all()
 
 
 def test_nan_propagates_to_its_channel_only(rng):

@@ -137,7 +137,7 @@ def reference(name, size):
         # can cancel (to rounding noise with 2 values per channel): its scale
         a = bn._saved.invstd * (1.0 if bn.weight is None else np.abs(bn.weight))
         steps.append(dict(y=y.copy(), dx=dx.copy(), weight_grad=bn.weight_grad,
-                          dx_scale=float(np.abs(dy).max() * a.max()),
+                          dx_scale=float(np.abs(dy).max(initial=0) * a.max()),
                           bias_grad=bn.bias_grad, running_mean=copy.copy(bn.running_mean),
                           running_var=copy.copy(bn.running_var),
                           nbt=None if bn.num_batches_tracked is None
@@ -341,7 +341,8 @@ def test_mpi_comm_none_is_comm_world_of_a_single_process():
 
 @pytest.mark.parametrize("size", [2, 3])
 @pytest.mark.parametrize("name", ["f32-4d-unequal", "f64-2d-empty-rank-cumulative",
-                                  "f32-3d-empty-rank-noaffine", "f32-5d-untracked"])
+                                  "f32-3d-empty-rank-noaffine", "f32-5d-untracked",
+                                  "f64-3d-all-empty-cumulative"])
 def test_thread_ranks_match_batchnorm(name, size):
     res, _ = run_ranks(size, lambda r, comm: W.run_scenario(name, size, r, comm))
     for r in res:
