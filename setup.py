@@ -132,7 +132,14 @@ class BuildExt(build_ext):
         use_avx2 = (os.environ.get("FASTNORM_DISABLE_AVX2", "") in ("", "0")
                     and compiler_has_avx2(self.compiler))
         if not use_avx2:
-            self.extensions = [e for e in self.extensions if not e.name.endswith("_avx2")]
+            skipped = [e for e in self.extensions if e.name.endswith("_avx2")]
+            self.extensions = [e for e in self.extensions if e not in skipped]
+            for e in skipped:
+                # an AVX2 copy left in the build directory by an earlier build
+                # must not go into this one (fastnorm would load it)
+                stale = self.get_ext_fullpath(e.name)
+                if os.path.exists(stale):
+                    os.remove(stale)
         san_c, san_l = sanitizer_flags()
         if san_c:
             print(f"fastnorm: sanitizer build: {' '.join(san_c)}", file=sys.stderr)
