@@ -86,6 +86,7 @@ def config():
                  ISA_ENV: os.environ.get(ISA_ENV) or "auto"},
         "threads": {"max_threads": kernels.max_threads(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+        "fork": kernels.fork_state(),
         "output_pool": _pool.pool.info(),
     }
 
@@ -94,7 +95,8 @@ def show_config(mode="stdout"):
     """What a bug report needs: fastnorm's version and location, Python and
     numpy, how the extension was built (compiler, flags, Cython, OpenMP), the
     OpenMP runtime it calls and its path, the SIMD copies of the kernels
-    compiled in and the one in use, the thread count of the calling thread.
+    compiled in and the one in use, the thread count of the calling thread,
+    how fork() treats the kernels.
 
     mode="stdout" prints it; mode="dicts" returns it as nested dicts.
     """
@@ -136,6 +138,10 @@ def show_config(mode="stdout"):
                         f"{'yes' if s['cpu_has_avx2'] else 'no'})"),
         ("threads", f"{t['max_threads']} for this thread (OMP_NUM_THREADS="
                     f"{t['OMP_NUM_THREADS'] or 'unset'}; threadpoolctl limits apply)"),
+        ("fork", "this process is a forked child whose OpenMP pool could not be reset: "
+                 "every kernel runs on 1 thread" if info["fork"]["serial"] else
+                 "the OpenMP pool is reset before each fork(), children keep their "
+                 f"threads ({info['fork']['pauses']} resets in this process)"),
         ("output pool", ", ".join(f"{k}={v}" for k, v in info["output_pool"].items())),
     ]
     width = max(len(k) for k, _ in rows)

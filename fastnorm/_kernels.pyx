@@ -77,6 +77,11 @@ cdef extern from "_omp_shim.h" nogil:
     int omp_get_num_threads()
     int FASTNORM_HAVE_OPENMP
     size_t fn_openmp_address()
+    int fn_fork_install()
+    int fn_threads_cap()
+    int fn_fork_serial
+    int fn_fork_pause_off
+    long fn_fork_pauses
 
 cdef extern from "_loops.h" nogil:
     double fn_sum_blk_f32(const float *x, int64_t n)
@@ -267,8 +272,18 @@ cdef inline int64_t unit_count(const Units *g, int64_t u) noexcept nogil:
     return (n1 - n0) * ln
 
 
-cdef inline int threads_for(int64_t work, int64_t items) noexcept nogil:
+cdef inline int max_threads_now() noexcept nogil:
+    """omp_get_max_threads(), or 1 in a forked child that must stay serial
+    (_omp_shim.h, fork safety)."""
     cdef int nt = omp_get_max_threads()
+    cdef int cap = fn_threads_cap()
+    if cap > 0 and nt > cap:
+        nt = cap
+    return nt
+
+
+cdef inline int threads_for(int64_t work, int64_t items) noexcept nogil:
+    cdef int nt = max_threads_now()
     cdef int64_t cap = work // MIN_WORK
     if cap > items:
         cap = items
@@ -1606,8 +1621,30 @@ def openmp_address():
 
 
 def max_threads():
-    """Threads a large kernel call may use now (omp_get_max_threads())."""
-    return omp_get_max_threads()
+    """Threads a large kernel call may use now (omp_get_max_threads(), or 1
+    in a forked child that must stay serial)."""
+    return max_threads_now()
+
+
+# pthread_atfork handlers that keep forked children working (_omp_shim.h)
+if fn_fork_install() != 0:
+    raise ImportError("fastnorm: pthread_atfork failed: cannot make the kernels fork-safe")
+
+
+def fork_state():
+    """How fork() treats this process's kernels: a dict with serial (True in
+    a forked child whose OpenMP pool could not be reset: every kernel runs on
+    one thread) and pauses (OpenMP pauses made by fork() in this process)."""
+    return dict(serial=bool(fn_fork_serial), pauses=fn_fork_pauses)
+
+
+def _fork_pause_off(off):
+    """Tests: with off=True, fork() acts as if the OpenMP pause failed (the
+    child runs serially).  Returns the previous setting."""
+    global fn_fork_pause_off
+    old = bool(fn_fork_pause_off)
+    fn_fork_pause_off = 1 if off else 0
+    return old
 
 
 def threads_used():

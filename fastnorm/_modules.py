@@ -1,5 +1,4 @@
 """Normalisation layers with PyTorch's names, arguments and semantics."""
-import threading
 
 import numpy as np
 
@@ -9,6 +8,7 @@ from . import _layer_norm as _ln
 from . import _lrn
 from . import _switchable as _sn
 from . import _checks as ck
+from . import _forksafe
 from . import _pool
 from ._native import kernels as _kernels
 
@@ -157,8 +157,9 @@ class _NormBase(_Affine):
         self._saved_training = None
         self._eval_scratch = None   # (mean, invstd) float64 of the eval fast path
         # serialises the calls that update the running statistics (read the
-        # count, run the kernel that folds the batch in, write the count)
-        self._update_lock = threading.Lock()
+        # count, run the kernel that folds the batch in, write the count);
+        # taken across fork() (_forksafe)
+        self._update_lock = _forksafe.update_lock()
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -167,7 +168,7 @@ class _NormBase(_Affine):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._update_lock = threading.Lock()
+        self._update_lock = _forksafe.update_lock()
 
     def forward(self, x, out=None):
         """Normalise x; `out` (optional) receives y and may be x itself.

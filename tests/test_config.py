@@ -69,7 +69,8 @@ def test_stdout_names_each_part(capsys):
                  rf"^numpy +{re.escape(np.__version__)}$",
                  rf"^compiler +{re.escape(info['build']['compiler'])}$",
                  r"^compile flags +.*-ffp-contract=off", rf"^simd in use +{kernels.isa()} ",
-                 rf"^threads +{kernels.max_threads()} for this thread"):
+                 rf"^threads +{kernels.max_threads()} for this thread",
+                 r"^fork +the OpenMP pool is reset before each fork\(\), children keep"):
         assert re.search(want, out, re.M), (want, out)
     if kernels.openmp_enabled():
         assert info["openmp"]["path"] in out

@@ -18,7 +18,6 @@ import importlib.util
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ import pytest
 
 import fastnorm
 import mpi_sync_worker as W
-from util import OneRank
+from util import OneRank, run_isolated
 from fastnorm._sync_batch_norm import SyncBatchNorm
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpi_sync_worker.py")
@@ -219,16 +218,7 @@ def _env():
 
 
 def _run(cmd, timeout=TIMEOUT):
-    """Run cmd in its own session; kill the whole session if it hangs."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=_env(), start_new_session=True, cwd=ROOT)
-    try:
-        out, _ = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, _ = p.communicate()
-        pytest.fail(f"{' '.join(cmd)} hung (killed after {timeout} s):\n{out[-4000:]}")
-    return p.returncode, out
+    return run_isolated(cmd, timeout, env=_env(), cwd=ROOT)
 
 
 _launched = {}

@@ -1,7 +1,11 @@
 """Helpers shared by the tests."""
+import os
 import pickle
+import signal
+import subprocess
 
 import numpy as np
+import pytest
 
 
 def asan_loaded():
@@ -12,6 +16,22 @@ def asan_loaded():
             return "libasan" in f.read()
     except OSError:
         return False
+
+
+def run_isolated(cmd, timeout, env=None, cwd=None):
+    """Run cmd in a session of its own; (returncode, stdout and stderr).  A
+    run that has not finished after timeout seconds fails the test, after
+    the whole session (every process it forked) is killed: a hang fails
+    instead of stopping the suite."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=env, cwd=cwd, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        pytest.fail(f"{' '.join(cmd)} hung (killed after {timeout} s):\n{out[-4000:]}")
+    return p.returncode, out
 
 
 class OneRank:
