@@ -86,16 +86,15 @@ def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
 
     x3 = as_ncl(x)
     y = out if out is not None else _pool.empty(x.shape, dt)
-    empty = Saved(x3, x.shape, np.zeros(C), np.ones(C), batch_stats, False)
     if x.size == 0 and (moments is None or not batch_stats):
         # An empty batch (N = 0 or a zero spatial dim): nothing to normalise,
         # and in training no statistics, so the running ones stay as they
         # are (PyTorch's semantics; a layer still counts the batch).
-        return y, empty
+        return y, _empty_saved(x3, x.shape, batch_stats)
     if batch_stats and moments is not None:
         mean, var, count = moments(x3)
         if count == 0:      # every process's batch is empty
-            return y, empty
+            return y, _empty_saved(x3, x.shape, batch_stats)
         invstd = 1.0 / np.sqrt(var + eps)
     else:
         mean, var, invstd = statistics(where, x3, x.shape, running_mean, running_var,
@@ -117,6 +116,12 @@ def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
         running_var[...] = (1.0 - f) * running_var + f * unbiased
     overwritten = out is not None and np.may_share_memory(out, x3)
     return y, Saved(x3, x.shape, mean, invstd, batch_stats, overwritten)
+
+
+def _empty_saved(x3, shape, batch_stats):
+    """What a forward of an empty batch leaves for its backward."""
+    C = x3.shape[1]
+    return Saved(x3, shape, np.zeros(C), np.ones(C), batch_stats, False)
 
 
 def statistics(where, x3, shape, running_mean, running_var, batch_stats, eps):
