@@ -60,6 +60,13 @@ per thread at least).  Every kernel runs its loops inside a parallel region,
 also with one thread: the outlined loop body compiles to better code than the
 same loop inlined into the wrapper (measured 1.8x on the statistics), and a
 one-thread region costs well under a microsecond.
+
+Fork.  The extension registers pthread_atfork handlers at import
+(_omp_shim.h): the OpenMP pool of the thread that forks is ended before
+fork(), so a forked child starts a fresh one with the same thread count;
+a child whose pool could not be reset runs every kernel on one thread
+(max_threads_now()).  Thread counts never change results, so neither does
+forking.
 """
 
 from cython cimport floating
