@@ -20,8 +20,8 @@
  *     (fn_threads_cap() returns 1), which gives the same bits, and never
  *     pause again (pausing a broken pool would wait on the same workers).
  * The handlers are plain C (no GIL, no allocation): they run for every
- * fork() of the process, Python's os.fork and C code's alike (posix_spawn
- * and vfork, which subprocess uses, run no handlers). */
+ * fork() of the process, Python's os.fork and C code's alike (vfork and
+ * posix_spawn, which subprocess uses where it can, run none). */
 #ifndef FASTNORM_OMP_SHIM_H
 #define FASTNORM_OMP_SHIM_H
 #include <stddef.h>
