@@ -25,6 +25,7 @@ Next to the extensions the build writes fastnorm/_build_info.py (compiler,
 flags, Cython version, OpenMP, kernel copies), which fastnorm.show_config()
 reports.  It is a build product: not in git, not in the sdist.
 """
+import glob
 import os
 import platform
 import pprint
@@ -228,7 +229,7 @@ def extensions():
         Extension(
             name,
             sources=[f"fastnorm/{name.split('.')[-1]}.pyx"],
-            depends=["fastnorm/_kernels.pyx", "fastnorm/_loops.h", "fastnorm/_omp_shim.h"],
+            depends=sorted(glob.glob("fastnorm/_kernels*.p*") + glob.glob("fastnorm/*.h")),
             include_dirs=["fastnorm"],
         )
         for name in ("fastnorm._kernels", "fastnorm._kernels_avx2")

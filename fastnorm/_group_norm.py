@@ -16,7 +16,7 @@ import numpy as np
 from . import _checks as ck
 from . import _pool
 from ._native import kernels as _kernels
-from ._layer_norm import fused, no_array
+from ._layer_norm import fused
 
 
 @dataclass
@@ -56,10 +56,8 @@ def forward_slices(x3, y3, groups, weight, bias, eps):
         return mean, var, invstd
     R = N * groups
     mean, var, invstd = np.empty(R), np.empty(R), np.empty(R)
-    _kernels.slice_forward(x3.reshape(R, D), y3.reshape(R, D), groups, C // groups,
-                           eps, False, weight if weight is not None else no_array(dt),
-                           weight is not None, bias if bias is not None else no_array(dt),
-                           bias is not None, mean, var, invstd)
+    _kernels.groups_forward(x3.reshape(R, D), y3.reshape(R, D), groups, C // groups,
+                            eps, weight, bias, mean, var, invstd)
     return mean, var, invstd
 
 
@@ -100,10 +98,9 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
     s1 = np.empty(N * C)    # sum of dy per (n, c)
     s2 = np.empty(N * C)    # sum of dy * (x - mean) per (n, c)
     if fused(cg * L, dt):
-        _kernels.slice_backward(x3.reshape(N * G, cg * L), g3.reshape(N * G, cg * L),
-                                dx.reshape(N * G, cg * L), G, cg, False,
-                                weight if weight is not None else no_array(dt),
-                                weight is not None, saved.mean, saved.invstd, s1, s2)
+        _kernels.groups_backward(x3.reshape(N * G, cg * L), g3.reshape(N * G, cg * L),
+                                 dx.reshape(N * G, cg * L), G, cg, weight, saved.mean,
+                                 saved.invstd, s1, s2)
     else:
         _backward_two_pass(x3, g3, dx, saved, weight, inv_nc, s1, s2)
     gw = (inv_nc * s2).reshape(N, C).sum(axis=0).astype(dt) if need_weight else None

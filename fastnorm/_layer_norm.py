@@ -40,14 +40,6 @@ def unit_weight(D, dtype):
     return w
 
 
-@functools.lru_cache(maxsize=4)
-def no_array(dtype):
-    """Placeholder for an absent weight or bias (the kernel never reads it)."""
-    a = np.empty(0, dtype)
-    a.flags.writeable = False
-    return a
-
-
 @dataclass
 class SavedRows:
     x2: np.ndarray          # input as contiguous (R, D)
@@ -154,10 +146,7 @@ def forward(where, x, nshape, weight, bias, eps, out, rms):
         R = x2.shape[0]
         y = out if out is not None else _pool.empty(x.shape, dt)
         mean, var, invstd = np.empty(R), np.empty(R), np.empty(R)
-        _kernels.slice_forward(x2, y.reshape(R, D), 0, 0, eps, rms,
-                               w if w is not None else no_array(dt), w is not None,
-                               b if b is not None else no_array(dt), b is not None,
-                               mean, var, invstd)
+        _kernels.rows_forward(x2, y.reshape(R, D), eps, rms, w, b, mean, var, invstd)
         saved = SavedRows(x2, x.shape, mean, invstd, rms,
                           out is not None and np.may_share_memory(out, x2))
         return y, saved
@@ -195,8 +184,8 @@ def backward(where, grad_output, saved, weight, nshape, need_weight, need_bias):
     w1 = w if w is not None else unit_weight(D, dt)
     col_dy, col_dyxhat = np.empty(D), np.empty(D)
     if fused(D, dt):
-        _kernels.slice_backward(x2, g2, dx.reshape(R, D), 0, 0, saved.rms, w1, True,
-                                saved.mean, saved.invstd, col_dy, col_dyxhat)
+        _kernels.rows_backward(x2, g2, dx.reshape(R, D), saved.rms, w1, saved.mean,
+                               saved.invstd, col_dy, col_dyxhat)
         gw = col_dyxhat.astype(dt).reshape(nshape) if need_weight else None
         gb = col_dy.astype(dt).reshape(nshape) if need_bias else None
         return dx, gw, gb

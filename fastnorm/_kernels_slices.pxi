@@ -1,0 +1,544 @@
+# Slice kernels: x (R, D), R independent slices of D contiguous elements,
+# each normalised over its own D values.  Two kinds of slice, each with its
+# own entry points:
+#   rows    LayerNorm and RMSNorm: a slice is a row, with a weight and bias
+#           per column (D,): rows_forward, rows_backward;
+#   groups  GroupNorm and InstanceNorm: slice r is group r % G of a sample,
+#           K = C // G channel planes of D // K elements each, with weight
+#           and bias per channel (G * K,): groups_forward, groups_backward.
+# slice_stats gives the statistics of either without an output.  Included by
+# _kernels.pyx.
+#
+# One pass.  For slices that fit in L2 (the Python layer decides, FUSE_BYTES),
+# one thread takes a whole slice: its statistics, then its normalisation (or
+# its backward sums, then its input gradient) while the slice is still in
+# L1/L2, so the data comes from memory once per call, and it prefetches its
+# next slice during the passes that run from cache.  A slice's statistics are
+# computed exactly as batch_stats computes those of a channel of a (1, R, D)
+# view: pieces of UNIT elements, Chan-merged in order; nothing depends on
+# which thread took the slice.  Outputs of g_stream_bytes or more are
+# computed in L1 tiles of TILE and written with streaming stores.
+#
+# Two passes.  Longer rows take the channel kernels' statistics on a (1, R, D)
+# view, parallel within the row, then the layer_* kernels here (pieces of
+# UNIT columns; backward sums over blocks of LAYER_ROWS rows x UNIT columns).
+#
+# Row backward.  The fused row backward differs by compute type (float32
+# column sums in per-thread scratch, or float64 ones): fn_rowsbwd in
+# _loops_slices.h; the column partials of each block of LAYER_ROWS rows are
+# merged over the blocks in order.
+
+cdef extern from "_loops_slices.h" nogil:
+    void fn_lnaff(const void *x, void *y, int64_t n, double c, double s, double t,
+                  const void *w, const void *b)
+    void fn_lnbwd(const void *x, const void *dy, void *dx, int64_t n, const void *w,
+                  double c, double a, double q, double k)
+    void fn_lnsums(const void *x, const void *dy, const void *w, int64_t n, double m,
+                   double inv, double *A, double *B, double *c1, double *c2)
+    int64_t fn_rows_scratch(const void *tag, int64_t D)
+    void fn_rowsbwd(const void *x, const void *dy, void *dx, int64_t D, int64_t r0,
+                    int64_t r1, int rms, const void *w, const double *mean,
+                    const double *invstd, int64_t unit, void *scratch, double *c1,
+                    double *c2)
+
+
+cdef inline const void *ptr_or_null(const storage[::1] a) noexcept:
+    """Address of a 1-D parameter array, or NULL for None."""
+    if a is None:
+        return NULL
+    return &a[0]
+
+
+# --------------------------------------------------------------------------
+# Two-pass row kernels: statistics from batch_stats on a (1, R, D) view.
+# --------------------------------------------------------------------------
+
+cdef inline void layer_item(int op, const storage *x, const storage *dy,
+                            storage *out, int64_t D, int64_t pieces, int64_t i,
+                            const double *k0, const double *k1, const double *k2,
+                            const double *k3, const void *w,
+                            const void *b) noexcept nogil:
+    """Piece i (of UNIT columns) of the R rows; w, b: arrays of the compute
+    type, indexed by column."""
+    cdef int64_t r = i // pieces
+    cdef int64_t j0 = (i - r * pieces) * UNIT
+    cdef int64_t ln = D - j0
+    cdef int64_t off = r * D + j0
+    if ln > UNIT:
+        ln = UNIT
+    if op == OP_AFFINE:
+        fn_lnaff(x + off, out + off, ln, k0[r], k1[r], k2[r],
+                 <const storage *>w + j0, <const storage *>b + j0)
+    else:
+        fn_lnbwd(x + off, dy + off, out + off, ln, <const storage *>w + j0, k0[r],
+                 k1[r], k2[r], k3[r])
+
+
+def layer_affine(const storage[:, ::1] x, storage[:, ::1] out,
+                 const double[::1] center, const double[::1] scale,
+                 const double[::1] shift, const storage[::1] weight,
+                 const storage[::1] bias):
+    """out = ((x - center[r]) * scale[r] + shift[r]) * weight[d] + bias[d].
+
+    IN x (R, D); OUT out (R, D), may be x; IN (R,) float64 rounded to the
+    compute type once per row; IN weight, bias (D,).
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], i
+    cdef int64_t pieces = (D + UNIT - 1) // UNIT, total = R * pieces
+    cdef int nt = threads_for(R * D, total)
+    cdef const storage *px = &x[0, 0]
+    cdef storage *po = &out[0, 0]
+    cdef const void *w = &weight[0]
+    cdef const void *b = &bias[0]
+    with nogil:
+        for i in prange(total, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            layer_item(OP_AFFINE, px, <const storage *>NULL, po, D, pieces, i,
+                       &center[0], &scale[0], &shift[0], NULL, w, b)
+
+
+def layer_bwd_input(const storage[:, ::1] x, const storage[:, ::1] dy,
+                    storage[:, ::1] dx, const storage[::1] weight,
+                    const double[::1] center, const double[::1] a,
+                    const double[::1] q, const double[::1] k):
+    """dx = a[r] * weight[d] * dy - q[r] * (x - center[r]) - k[r].
+
+    IN x, dy (R, D); OUT dx (R, D), may alias dy; IN weight (D,); IN (R,).
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], i
+    cdef int64_t pieces = (D + UNIT - 1) // UNIT, total = R * pieces
+    cdef int nt = threads_for(2 * R * D, total)
+    cdef const storage *px = &x[0, 0]
+    cdef const storage *pg = &dy[0, 0]
+    cdef storage *po = &dx[0, 0]
+    cdef const void *w = &weight[0]
+    with nogil:
+        for i in prange(total, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            layer_item(OP_BWD, px, pg, po, D, pieces, i, &center[0], &a[0], &q[0],
+                       &k[0], w, NULL)
+
+
+cdef inline void layer_sums_unit(const storage *x, const storage *dy,
+                                 const void *w, int64_t R, int64_t D,
+                                 int64_t nc, int64_t i, const double *mean,
+                                 const double *invstd, double *pA, double *pB,
+                                 double *c1, double *c2) noexcept nogil:
+    """Unit i = row block (i // nc) x column chunk (i % nc)."""
+    cdef int64_t rb = i // nc, cc = i - (i // nc) * nc
+    cdef int64_t r0 = rb * LAYER_ROWS, r1 = r0 + LAYER_ROWS, r
+    cdef int64_t j0 = cc * UNIT, ln = D - cc * UNIT, off
+    cdef double A, B
+    cdef double *s1
+    cdef double *s2
+    if r1 > R:
+        r1 = R
+    if ln > UNIT:
+        ln = UNIT
+    s1 = c1 + rb * D + j0
+    s2 = c2 + rb * D + j0
+    memset(s1, 0, ln * sizeof(double))
+    memset(s2, 0, ln * sizeof(double))
+    for r in range(r0, r1):
+        A = 0.0
+        B = 0.0
+        off = r * D + j0
+        fn_lnsums(x + off, dy + off, <const storage *>w + j0, ln, mean[r], invstd[r],
+                  &A, &B, s1, s2)
+        pA[r * nc + cc] = A
+        pB[r * nc + cc] = B
+
+
+def layer_bwd_sums(const storage[:, ::1] x, const storage[:, ::1] dy,
+                   const storage[::1] weight, const double[::1] mean,
+                   const double[::1] invstd, double[::1] row_a, double[::1] row_b,
+                   double[::1] col_dy, double[::1] col_dyxhat):
+    """Backward sums of a row normalisation, one pass over x and dy.
+
+    IN x, dy (R, D), R * D > 0; IN weight (D,); IN mean, invstd (R,).
+    OUT row_a[r] = sum_d dy * w, row_b[r] = sum_d dy * w * (x - mean[r]);
+    OUT col_dy[d] = sum_r dy, col_dyxhat[d] = sum_r dy * (x - mean[r]) * invstd[r].
+    Units are blocks of LAYER_ROWS rows x UNIT columns; row sums are merged
+    over column chunks and column sums over row blocks, in order.
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], i, r, d, u
+    cdef int64_t nc = (D + UNIT - 1) // UNIT
+    cdef int64_t nb = (R + LAYER_ROWS - 1) // LAYER_ROWS
+    cdef int nt = threads_for(2 * R * D, nb * nc)
+    cdef const storage *px = &x[0, 0]
+    cdef const storage *pg = &dy[0, 0]
+    cdef const void *w = &weight[0]
+    cdef double *pA = <double *>malloc(2 * R * nc * sizeof(double))
+    cdef double *pB
+    cdef double *c1 = <double *>malloc(2 * nb * D * sizeof(double))
+    cdef double *c2
+    cdef double sa, sb
+    if pA == NULL or c1 == NULL:
+        free(pA)
+        free(c1)
+        raise MemoryError()
+    pB = pA + R * nc
+    c2 = c1 + nb * D
+    with nogil:
+        for i in prange(nb * nc, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            layer_sums_unit(px, pg, w, R, D, nc, i, &mean[0], &invstd[0],
+                            pA, pB, c1, c2)
+        for r in prange(R, num_threads=nt, schedule='static'):
+            sa = 0.0
+            sb = 0.0
+            for u in range(nc):
+                sa = sa + pA[r * nc + u]
+                sb = sb + pB[r * nc + u]
+            row_a[r] = sa
+            row_b[r] = sb
+        for d in prange(D, num_threads=nt, schedule='static'):
+            sa = 0.0
+            sb = 0.0
+            for u in range(nb):
+                sa = sa + c1[u * D + d]
+                sb = sb + c2[u * D + d]
+            col_dy[d] = sa
+            col_dyxhat[d] = sb
+    free(pA)
+    free(c1)
+
+
+# --------------------------------------------------------------------------
+# Statistics of one slice
+# --------------------------------------------------------------------------
+
+cdef inline void run_moments(const storage *p, int64_t n, double *pm,
+                             double *pm2) noexcept nogil:
+    """Two-pass mean and M2 of one run of n values (= plane_moments)."""
+    cdef double s, sd = 0.0, sdd = 0.0, cnt = <double>n, m
+    s = fn_sum(p, n)
+    m = fn_centre(p, s / cnt)
+    fn_dev(p, n, m, &sd, &sdd)
+    pm[0] = m + sd / cnt if isfinite(m) else m
+    sdd = sdd - sd * sd / cnt
+    pm2[0] = 0.0 if sdd < 0.0 else sdd
+
+
+cdef struct Moments:
+    double mean, var, invstd
+
+
+cdef inline Moments slice_moments(const storage *p, int64_t D) noexcept nogil:
+    """Mean and biased variance of p[0:D]: pieces of UNIT, Chan-merged.
+
+    Returned by value: inside prange, a variable is private to the thread
+    only when the loop assigns it; one written through its address is
+    shared by the team."""
+    cdef Moments res
+    cdef int64_t j0, ln
+    cdef double cnt = 0.0, mu = 0.0, m2 = 0.0, nb, tot, d, pm, pm2
+    j0 = 0
+    while j0 < D:
+        ln = D - j0
+        if ln > UNIT:
+            ln = UNIT
+        run_moments(p + j0, ln, &pm, &pm2)
+        nb = <double>ln
+        tot = cnt + nb
+        d = pm - mu
+        if isfinite(mu) and isfinite(pm):
+            mu = mu + d * (nb / tot)
+        else:
+            mu = (mu * cnt + pm * nb) / tot
+        m2 = m2 + pm2 + d * d * (cnt * nb / tot)
+        cnt = tot
+        j0 += ln
+    res.mean = mu
+    res.var = (0.0 if m2 < 0.0 else m2) / cnt
+    res.invstd = 0.0           # set by slice_statistics
+    return res
+
+
+cdef inline Moments slice_statistics(const storage *p, int64_t D, double eps,
+                                     bint rms) noexcept nogil:
+    """slice_moments and invstd: 1 / sqrt(var + eps), or with rms
+    1 / sqrt(var + mean**2 + eps)."""
+    cdef Moments mo = slice_moments(p, D)
+    cdef double ms
+    cdef int64_t j
+    if rms:
+        ms = mo.var + mo.mean * mo.mean
+        if not isfinite(ms):    # an infinity in the slice: var is NaN, the mean square inf
+            ms = 0.0
+            for j in range(D):
+                ms = ms + fn_at(p, j) * fn_at(p, j)
+            ms = ms / <double>D
+        mo.invstd = 1.0 / sqrt(ms + eps)
+    else:
+        mo.invstd = 1.0 / sqrt(mo.var + eps)
+    return mo
+
+
+cdef inline void prefetch_run(const storage *p, int64_t n) noexcept nogil:
+    """Ask for p[0:n] (the same part of the next slice), one line per 64 bytes."""
+    cdef int64_t j
+    cdef int64_t step = 64 // sizeof(storage)
+    j = 0
+    while j < n:
+        fn_prefetch(p + j)
+        j += step
+
+
+def slice_stats(const storage[:, ::1] x, double eps, bint rms, double[::1] mean,
+                double[::1] var, double[::1] invstd):
+    """The statistics of rows_forward / groups_forward without an output
+    (same arithmetic).
+
+    IN x (R, D), R * D > 0; OUT mean, var, invstd (R,).
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], r
+    cdef int nt = threads_for(R * D, R)
+    cdef const storage *px = &x[0, 0]
+    cdef Moments mo
+    with nogil:
+        for r in prange(R, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            mo = slice_statistics(px + r * D, D, eps, rms)
+            mean[r] = 0.0 if rms else mo.mean
+            var[r] = mo.var
+            invstd[r] = mo.invstd
+
+
+# --------------------------------------------------------------------------
+# Rows: LayerNorm and RMSNorm
+# --------------------------------------------------------------------------
+
+cdef inline void row_normalise(const storage *x, storage *y, int64_t D, double m,
+                               double inv, bint rms, const void *w, const void *b,
+                               bint stream) noexcept nogil:
+    """y = ((x - m) * inv) * w + b, as ((x - c) * inv + t) * w + b.
+    stream: compute TILE values at a time in L1 and write them to y with
+    streaming stores (same values)."""
+    cdef double c = 0.0 if rms else fn_centre(x, m)
+    cdef double t = (c - m) * inv
+    cdef int64_t j, n
+    cdef storage tile[TILE]
+    cdef storage *tp = &tile[0]
+    j = 0
+    while j < D:
+        n = D - j if not stream or D - j < TILE else TILE
+        if stream:
+            prefetch_run(x + D + j, n)
+        if w != NULL:
+            fn_lnaff(x + j, tp if stream else y + j, n, c, inv, t,
+                     <const storage *>w + j, <const storage *>b + j if b != NULL else NULL)
+        else:
+            fn_affine(x + j, tp if stream else y + j, n, c, inv, t)
+        if stream:
+            fn_stream(y + j, tp, n)
+        j += n
+    if stream:
+        fn_stream_fence()
+
+
+def rows_forward(const storage[:, ::1] x, storage[:, ::1] out, double eps, bint rms,
+                 const storage[::1] weight, const storage[::1] bias,
+                 double[::1] mean, double[::1] var, double[::1] invstd):
+    """Statistics and normalisation of each row of x, one pass (LayerNorm,
+    or with rms RMSNorm).
+
+    IN x (R, D), R * D > 0; OUT out (R, D), may be x; IN weight, bias (D,)
+    or None (bias only with a weight).  OUT mean, var (R,): the row's mean
+    (0 with rms: the centre used) and biased variance; OUT invstd (R,):
+    1 / sqrt(var + eps), or with rms 1 / sqrt(var + mean**2 + eps), the row
+    then scaled around 0.
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], r
+    cdef int nt = threads_for(R * D, R)
+    cdef const storage *px = &x[0, 0]
+    cdef storage *po = &out[0, 0]
+    cdef const void *w = ptr_or_null(weight)
+    cdef const void *b = ptr_or_null(bias)
+    cdef Moments mo
+    cdef bint stream = streams(po, px, R * D * sizeof(storage))
+    with nogil:
+        for r in prange(R, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            mo = slice_statistics(px + r * D, D, eps, rms)
+            mean[r] = 0.0 if rms else mo.mean
+            var[r] = mo.var
+            invstd[r] = mo.invstd
+            row_normalise(px + r * D, po + r * D, D, mean[r], mo.invstd, rms, w, b,
+                          stream)
+
+
+def rows_backward(const storage[:, ::1] x, const storage[:, ::1] dy,
+                  storage[:, ::1] dx, bint rms, const storage[::1] weight,
+                  const double[::1] mean, const double[::1] invstd,
+                  double[::1] sum1, double[::1] sum2):
+    """Input gradient of rows_forward, one pass over x and dy per row, and
+    the sums behind the weight/bias gradients.
+
+    IN x, dy (R, D), R * D > 0; OUT dx (R, D), may alias dy; IN weight (D,)
+    (ones when the layer has none); IN mean, invstd (R,) as rows_forward
+    returned them (mean is ignored with rms).  OUT sum1[d] = sum_r dy,
+    sum2[d] = sum_r dy * (x - m_r) * inv_r, merged over fixed blocks of
+    LAYER_ROWS rows in order.
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], r1, i, d, u
+    cdef int64_t nb = (R + LAYER_ROWS - 1) // LAYER_ROWS
+    cdef int64_t need = fn_rows_scratch(&x[0, 0], D)
+    cdef int nt = threads_for(2 * R * D, nb)
+    cdef const storage *px = &x[0, 0]
+    cdef const storage *pg = &dy[0, 0]
+    cdef storage *po = &dx[0, 0]
+    cdef const void *w = &weight[0]
+    cdef double *cs = <double *>calloc(2 * nb * D, sizeof(double))
+    cdef double sa, sb
+    cdef void *scratch = NULL
+    cdef int failed = 0
+    cdef int *fail = &failed    # shared: see reduction()
+    if cs == NULL:
+        raise MemoryError()
+    with nogil:
+        with parallel(num_threads=nt):
+            # per-thread scratch for the float32 column sums of a block
+            # (none for float64); a thread whose malloc failed does nothing
+            scratch = malloc(need) if need > 0 else NULL
+            if need > 0 and scratch == NULL:
+                fail[0] = 1
+            note_threads(nt)
+            for i in prange(nb, schedule='static'):
+                if need == 0 or scratch != NULL:
+                    r1 = (i + 1) * LAYER_ROWS
+                    if r1 > R:
+                        r1 = R
+                    fn_rowsbwd(px, pg, po, D, i * LAYER_ROWS, r1, rms, w, &mean[0],
+                               &invstd[0], UNIT, scratch, cs + i * D, cs + (nb + i) * D)
+            free(scratch)
+    if failed:
+        free(cs)
+        raise MemoryError()
+    with nogil:
+        for d in prange(D, num_threads=nt, schedule='static'):
+            sa = 0.0
+            sb = 0.0
+            for u in range(nb):
+                sa = sa + cs[u * D + d]
+                sb = sb + cs[(nb + u) * D + d]
+            sum1[d] = sa
+            sum2[d] = sb
+    free(cs)
+
+
+# --------------------------------------------------------------------------
+# Groups: GroupNorm and InstanceNorm
+# --------------------------------------------------------------------------
+
+cdef inline void group_normalise(const storage *x, storage *y, int64_t D,
+                                 int64_t r, int64_t G, int64_t K, double m,
+                                 double inv, const void *w, const void *b,
+                                 bint stream) noexcept nogil:
+    """y = (x - m) * inv * weight[ch] + bias[ch] for each channel plane of
+    the slice, as (x - c) * s + t.  stream: as row_normalise."""
+    cdef double c = fn_centre(x, m)
+    cdef double s, t
+    cdef int64_t k, ch, L = D // K, j, n
+    cdef storage tile[TILE]
+    cdef storage *tp = &tile[0]
+    for k in range(K):
+        ch = (r % G) * K + k
+        s = inv * fn_wat(x, w, ch) if w != NULL else inv
+        t = (c - m) * s
+        if b != NULL:
+            t = t + fn_wat(x, b, ch)
+        j = 0
+        while j < L:
+            n = L - j if not stream or L - j < TILE else TILE
+            if stream:
+                prefetch_run(x + D + k * L + j, n)
+            fn_affine(x + k * L + j, tp if stream else y + k * L + j, n, c, s, t)
+            if stream:
+                fn_stream(y + k * L + j, tp, n)
+            j += n
+    if stream:
+        fn_stream_fence()
+
+
+def groups_forward(const storage[:, ::1] x, storage[:, ::1] out, int64_t G,
+                   int64_t K, double eps, const storage[::1] weight,
+                   const storage[::1] bias, double[::1] mean, double[::1] var,
+                   double[::1] invstd):
+    """Statistics and normalisation of each slice (group of a sample) of x,
+    one pass (GroupNorm, InstanceNorm with G = C and K = 1).
+
+    IN x (R, D), R * D > 0, R a multiple of G; OUT out (R, D), may be x;
+    IN weight, bias (G * K,) or None.  OUT mean, var, invstd (R,).
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], r
+    cdef int nt = threads_for(R * D, R)
+    cdef const storage *px = &x[0, 0]
+    cdef storage *po = &out[0, 0]
+    cdef const void *w = ptr_or_null(weight)
+    cdef const void *b = ptr_or_null(bias)
+    cdef Moments mo
+    cdef bint stream = streams(po, px, R * D * sizeof(storage))
+    with nogil:
+        for r in prange(R, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            mo = slice_statistics(px + r * D, D, eps, False)
+            mean[r] = mo.mean
+            var[r] = mo.var
+            invstd[r] = mo.invstd
+            group_normalise(px + r * D, po + r * D, D, r, G, K, mo.mean, mo.invstd, w,
+                            b, stream)
+
+
+cdef inline void group_backward(const storage *x, const storage *dy, storage *dx,
+                                int64_t D, int64_t r, int64_t G, int64_t K,
+                                const void *w, double m, double inv,
+                                double *s1, double *s2) noexcept nogil:
+    """One slice of the GroupNorm/InstanceNorm backward; stores the sums of
+    dy and of dy * (x - m) of each of its channel planes in s1, s2."""
+    cdef int64_t L = D // K, k, ch
+    cdef double A = 0.0, B = 0.0, sa, sb, wv, c, q, kk
+    for k in range(K):
+        sa = 0.0
+        sb = 0.0
+        fn_dot(x + k * L, dy + k * L, L, m, &sa, &sb)
+        s1[k] = sa
+        s2[k] = sb
+        wv = fn_wat(x, w, (r % G) * K + k) if w != NULL else 1.0
+        A = A + wv * sa
+        B = B + wv * sb
+    q = inv * inv * inv * B / <double>D
+    c = fn_centre(x, m)
+    # as _checks.centered: no correction for a non-finite mean or q
+    kk = inv * A / <double>D + (q * (c - m) if isfinite(m) and isfinite(q) else 0.0)
+    for k in range(K):
+        ch = (r % G) * K + k
+        wv = fn_wat(x, w, ch) if w != NULL else 1.0
+        # prefetch the same part of the next slice (taken next by this thread)
+        fn_bwd_pf(x + k * L, dy + k * L, dx + k * L, L, c, wv * inv, q, kk,
+                  x + D + k * L, dy + D + k * L)
+
+
+def groups_backward(const storage[:, ::1] x, const storage[:, ::1] dy,
+                    storage[:, ::1] dx, int64_t G, int64_t K,
+                    const storage[::1] weight, const double[::1] mean,
+                    const double[::1] invstd, double[::1] sum1, double[::1] sum2):
+    """Input gradient of groups_forward (statistics from the slice), one pass
+    over x and dy per slice, and the sums behind the weight/bias gradients.
+
+    IN x, dy (R, D), R * D > 0; OUT dx (R, D), may alias dy; IN weight
+    (G * K,) or None; IN mean, invstd (R,) as groups_forward returned them.
+    OUT sum1, sum2 (R * K,): per channel plane of each slice, sum dy and
+    sum dy * (x - m_r).
+    """
+    cdef int64_t R = x.shape[0], D = x.shape[1], r
+    cdef int nt = threads_for(2 * R * D, R)
+    cdef const storage *px = &x[0, 0]
+    cdef const storage *pg = &dy[0, 0]
+    cdef storage *po = &dx[0, 0]
+    cdef const void *w = ptr_or_null(weight)
+    with nogil:
+        for r in prange(R, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            group_backward(px + r * D, pg + r * D, po + r * D, D, r, G, K, w,
+                           mean[r], invstd[r], &sum1[r * K], &sum2[r * K])

@@ -1,0 +1,352 @@
+/* Inner loops of the channel kernels (_kernels_channels.pxi): one contiguous
+ * run of elements each.  Statistics (sums, deviations, backward dot
+ * products) are carried in float64; elementwise passes compute in the
+ * storage type's compute type and round once on store.
+ *
+ * Statistics per compute type:
+ *   float  (float32 storage): float32 vector blocks flushed to float64
+ *          (_storage.h, FN_BLOCK / FN_SBLOCK), a block or run that
+ *          overflows float32 redone in float64;
+ *   double (float64 storage): float64 vector lanes.
+ * Every function is instantiated per storage type from FN_STORAGE_TYPES and
+ * called through fn_<op>(p, ...), chosen by the type of its first pointer.
+ */
+#ifndef FASTNORM_LOOPS_CHANNELS_H
+#define FASTNORM_LOOPS_CHANNELS_H
+#include "_storage.h"
+
+/* --- statistics, float compute --------------------------------------- */
+#define FN_STATS_float(S, SUF)                                                \
+/* sum of x[0:n] in float64, float32 blocks */                               \
+static inline double fn_sum_##SUF(const S *x, int64_t n)                      \
+{                                                                             \
+    fn_v4d lo = {0}, hi = {0};                                                \
+    double t = 0.0;                                                           \
+    int64_t i = 0;                                                            \
+    for (; i + FN_SBLOCK <= n; i += FN_SBLOCK) {                              \
+        fn_v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                        \
+        for (int j = 0; j < FN_SBLOCK; j += 32) {                             \
+            a0 += fn_ld8f_##SUF(x + i + j);                                   \
+            a1 += fn_ld8f_##SUF(x + i + j + 8);                               \
+            a2 += fn_ld8f_##SUF(x + i + j + 16);                              \
+            a3 += fn_ld8f_##SUF(x + i + j + 24);                              \
+        }                                                                     \
+        fn_flush8((a0 + a1) + (a2 + a3), &lo, &hi);                           \
+    }                                                                         \
+    for (; i < n; i++) t += (double)fn_ld_##SUF(x[i]);                        \
+    double total = fn_hsum(lo + hi) + t;                                      \
+    if (!__builtin_isfinite(total)) {                                         \
+        fn_v4d r0 = {0}, r1 = {0};                                            \
+        t = 0.0;                                                              \
+        for (i = 0; i + 8 <= n; i += 8) {                                     \
+            r0 += fn_ld4d_##SUF(x + i);                                       \
+            r1 += fn_ld4d_##SUF(x + i + 4);                                   \
+        }                                                                     \
+        for (; i < n; i++) t += (double)fn_ld_##SUF(x[i]);                    \
+        total = fn_hsum(r0 + r1) + t;                                         \
+    }                                                                         \
+    return total;                                                             \
+}                                                                             \
+/* sum of (x - m) and of (x - m)^2 over x[0:n], m a float32 value (the       \
+ * centre: m is rounded to float); float32 blocks flushed to float64 */       \
+static inline void fn_dev_##SUF(const S *x, int64_t n, double m_,            \
+                                double *sd, double *sdd)                      \
+{                                                                             \
+    float m = (float)m_;                                                      \
+    fn_v8f mv = {m, m, m, m, m, m, m, m};                                     \
+    fn_v4d alo = {0}, ahi = {0}, blo = {0}, bhi = {0};                        \
+    double ta = 0.0, tb = 0.0;                                                \
+    int64_t i = 0;                                                            \
+    for (; i + FN_SBLOCK <= n; i += FN_SBLOCK) {                              \
+        fn_v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                        \
+        fn_v8f b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                        \
+        /* this second pass runs from cache: ask for the n values that       \
+         * follow (the next run of a thread walking memory), one line per    \
+         * 64 bytes, so that the first pass over them finds them on its way */\
+        for (int j = 0; j < FN_SBLOCK; j += 64 / (int)sizeof(S))              \
+            __builtin_prefetch(x + n + i + j, 0, 3);                          \
+        for (int j = 0; j < FN_SBLOCK; j += 32) {                             \
+            fn_v8f d0 = fn_ld8f_##SUF(x + i + j) - mv;                        \
+            fn_v8f d1 = fn_ld8f_##SUF(x + i + j + 8) - mv;                    \
+            fn_v8f d2 = fn_ld8f_##SUF(x + i + j + 16) - mv;                   \
+            fn_v8f d3 = fn_ld8f_##SUF(x + i + j + 24) - mv;                   \
+            a0 += d0;                                                         \
+            a1 += d1;                                                         \
+            a2 += d2;                                                         \
+            a3 += d3;                                                         \
+            b0 += d0 * d0;                                                    \
+            b1 += d1 * d1;                                                    \
+            b2 += d2 * d2;                                                    \
+            b3 += d3 * d3;                                                    \
+        }                                                                     \
+        fn_flush8((a0 + a1) + (a2 + a3), &alo, &ahi);                         \
+        fn_flush8((b0 + b1) + (b2 + b3), &blo, &bhi);                         \
+    }                                                                         \
+    for (; i < n; i++) {                                                      \
+        double d = (double)fn_ld_##SUF(x[i]) - (double)m;                     \
+        ta += d;                                                              \
+        tb += d * d;                                                          \
+    }                                                                         \
+    double a = fn_hsum(alo + ahi) + ta, b = fn_hsum(blo + bhi) + tb;          \
+    if (!__builtin_isfinite(a) || !__builtin_isfinite(b)) {                   \
+        fn_v4d mm = {m, m, m, m}, a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};     \
+        ta = tb = 0.0;                                                        \
+        for (i = 0; i + 8 <= n; i += 8) {                                     \
+            fn_v4d d0 = fn_ld4d_##SUF(x + i) - mm;                            \
+            fn_v4d d1 = fn_ld4d_##SUF(x + i + 4) - mm;                        \
+            a0 += d0;                                                         \
+            a1 += d1;                                                         \
+            b0 += d0 * d0;                                                    \
+            b1 += d1 * d1;                                                    \
+        }                                                                     \
+        for (; i < n; i++) {                                                  \
+            double d = (double)fn_ld_##SUF(x[i]) - (double)m;                 \
+            ta += d;                                                          \
+            tb += d * d;                                                      \
+        }                                                                     \
+        a = fn_hsum(a0 + a1) + ta;                                            \
+        b = fn_hsum(b0 + b1) + tb;                                            \
+    }                                                                         \
+    *sd += a;                                                                 \
+    *sdd += b;                                                                \
+}                                                                             \
+/* sum of dy and of dy * (x - m) over [0:n]: float32 blocks of FN_BLOCK      \
+ * centred on mf = (float)m, flushed to float64, then corrected for the      \
+ * centre (dy * (x - m) = dy * (x - mf) + (mf - m) * dy); a block whose      \
+ * float32 sums are not finite is redone in float64. */                      \
+static inline void fn_dot_##SUF(const S *x, const S *dy, int64_t n,          \
+                                double m, double *sdy, double *sdyx)          \
+{                                                                             \
+    float mf = (float)m;                                                      \
+    fn_v8f mv = {mf, mf, mf, mf, mf, mf, mf, mf};                             \
+    double ta = 0.0, tb = 0.0;                                                \
+    int64_t i = 0;                                                            \
+    for (; i + FN_BLOCK <= n; i += FN_BLOCK) {                                \
+        fn_v8f a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};                        \
+        for (int j = 0; j < FN_BLOCK; j += 16) {                              \
+            fn_v8f g0 = fn_ld8f_##SUF(dy + i + j);                            \
+            fn_v8f g1 = fn_ld8f_##SUF(dy + i + j + 8);                        \
+            a0 += g0;                                                         \
+            a1 += g1;                                                         \
+            b0 += g0 * (fn_ld8f_##SUF(x + i + j) - mv);                       \
+            b1 += g1 * (fn_ld8f_##SUF(x + i + j + 8) - mv);                   \
+        }                                                                     \
+        double a = fn_hsum8(a0 + a1), b = fn_hsum8(b0 + b1);                  \
+        if (!__builtin_isfinite(a) || !__builtin_isfinite(b)) {               \
+            a = b = 0.0;                                                      \
+            for (int j = 0; j < FN_BLOCK; j++) {                              \
+                double g = (double)fn_ld_##SUF(dy[i + j]);                    \
+                a += g;                                                       \
+                b += g * ((double)fn_ld_##SUF(x[i + j]) - (double)mf);        \
+            }                                                                 \
+        }                                                                     \
+        ta += a;                                                              \
+        tb += b;                                                              \
+    }                                                                         \
+    for (; i < n; i++) {                                                      \
+        double g = (double)fn_ld_##SUF(dy[i]);                                \
+        ta += g;                                                              \
+        tb += g * ((double)fn_ld_##SUF(x[i]) - (double)mf);                   \
+    }                                                                         \
+    *sdy += ta;                                                               \
+    *sdyx += tb + ((double)mf != m && __builtin_isfinite(ta)                  \
+                   ? ((double)mf - m) * ta : 0.0);                            \
+}
+
+/* --- statistics, double compute -------------------------------------- */
+#define FN_STATS_double(S, SUF)                                               \
+/* sum of x[0:n] in float64 */                                                \
+static inline double fn_sum_##SUF(const S *x, int64_t n)                      \
+{                                                                             \
+    fn_v4d a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                            \
+    double t = 0.0;                                                           \
+    int64_t i = 0;                                                            \
+    for (; i + 16 <= n; i += 16) {                                            \
+        a0 += fn_ld4d_##SUF(x + i);                                           \
+        a1 += fn_ld4d_##SUF(x + i + 4);                                       \
+        a2 += fn_ld4d_##SUF(x + i + 8);                                       \
+        a3 += fn_ld4d_##SUF(x + i + 12);                                      \
+    }                                                                         \
+    for (; i < n; i++) t += (double)x[i];                                     \
+    return fn_hsum((a0 + a2) + (a1 + a3)) + t;                                \
+}                                                                             \
+/* sum of (x - m) and of (x - m)^2 over x[0:n] in float64 */                  \
+static inline void fn_dev_##SUF(const S *x, int64_t n, double m,              \
+                                double *sd, double *sdd)                      \
+{                                                                             \
+    fn_v4d a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};                            \
+    fn_v4d mv = {m, m, m, m};                                                 \
+    double ta = 0.0, tb = 0.0;                                                \
+    int64_t i = 0;                                                            \
+    for (; i + 8 <= n; i += 8) {                                              \
+        fn_v4d d0 = fn_ld4d_##SUF(x + i) - mv;                                \
+        fn_v4d d1 = fn_ld4d_##SUF(x + i + 4) - mv;                            \
+        a0 += d0;                                                             \
+        a1 += d1;                                                             \
+        b0 += d0 * d0;                                                        \
+        b1 += d1 * d1;                                                        \
+    }                                                                         \
+    for (; i < n; i++) {                                                      \
+        double d = (double)x[i] - m;                                          \
+        ta += d;                                                              \
+        tb += d * d;                                                          \
+    }                                                                         \
+    *sd += fn_hsum(a0 + a1) + ta;                                             \
+    *sdd += fn_hsum(b0 + b1) + tb;                                            \
+}                                                                             \
+/* sum of dy and of dy * (x - m) over [0:n] in float64 */                     \
+static inline void fn_dot_##SUF(const S *x, const S *dy, int64_t n, double m, \
+                                double *sdy, double *sdyx)                    \
+{                                                                             \
+    fn_v4d a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};                            \
+    fn_v4d mv = {m, m, m, m};                                                 \
+    double ta = 0.0, tb = 0.0;                                                \
+    int64_t i = 0;                                                            \
+    for (; i + 8 <= n; i += 8) {                                              \
+        fn_v4d g0 = fn_ld4d_##SUF(dy + i), g1 = fn_ld4d_##SUF(dy + i + 4);    \
+        a0 += g0;                                                             \
+        a1 += g1;                                                             \
+        b0 += g0 * (fn_ld4d_##SUF(x + i) - mv);                               \
+        b1 += g1 * (fn_ld4d_##SUF(x + i + 4) - mv);                           \
+    }                                                                         \
+    for (; i < n; i++) {                                                      \
+        double g = (double)dy[i];                                             \
+        ta += g;                                                              \
+        tb += g * ((double)x[i] - m);                                         \
+    }                                                                         \
+    *sdy += fn_hsum(a0 + a1) + ta;                                            \
+    *sdyx += fn_hsum(b0 + b1) + tb;                                           \
+}
+
+/* --- elementwise passes and row loops, any compute type ------------------ */
+#define FN_ELEMENTWISE(S, SUF, T)                                             \
+/* y = (x - c) * s + t: normalise + affine around a centre c close to the     \
+ * mean, so that x - c cancels exactly and no large product is rounded;       \
+ * c, s, t are rounded to T once */                                           \
+static inline void fn_affine_##SUF(const S *x, S *y, int64_t n,               \
+                                   double c_, double s_, double t_)           \
+{                                                                             \
+    T c = (T)c_, s = (T)s_, t = (T)t_;                                        \
+    for (int64_t i = 0; i < n; i++)                                           \
+        y[i] = fn_st_##SUF((fn_ld_##SUF(x[i]) - c) * s + t);                  \
+}                                                                             \
+/* dx = a * dy - b * (x - c) - k: input gradient with batch statistics */     \
+static inline void fn_bwd_##SUF(const S *x, const S *dy, S *dx, int64_t n,    \
+                                double c_, double a_, double b_, double k_)   \
+{                                                                             \
+    T c = (T)c_, a = (T)a_, b = (T)b_, k = (T)k_;                             \
+    for (int64_t i = 0; i < n; i++)                                           \
+        dx[i] = fn_st_##SUF(a * fn_ld_##SUF(dy[i])                            \
+                            - b * (fn_ld_##SUF(x[i]) - c) - k);               \
+}                                                                             \
+/* fn_bwd, also prefetching px[0:n] and py[0:n] (what the calling thread      \
+ * reads next) while this run is served from cache */                         \
+static inline void fn_bwd_pf_##SUF(const S *x, const S *dy, S *dx, int64_t n, \
+                                   double c_, double a_, double b_,           \
+                                   double k_, const S *px, const S *py)       \
+{                                                                             \
+    T c = (T)c_, a = (T)a_, b = (T)b_, k = (T)k_;                             \
+    const int64_t step = 64 / sizeof(S);                                      \
+    for (int64_t i0 = 0; i0 < n; i0 += step) {                                \
+        int64_t i1 = i0 + step < n ? i0 + step : n;                           \
+        __builtin_prefetch(px + i0, 0, 3);                                    \
+        __builtin_prefetch(py + i0, 0, 3);                                    \
+        for (int64_t i = i0; i < i1; i++)                                     \
+            dx[i] = fn_st_##SUF(a * fn_ld_##SUF(dy[i])                        \
+                                - b * (fn_ld_##SUF(x[i]) - c) - k);           \
+    }                                                                         \
+}                                                                             \
+/* dx = a * dy: input gradient with fixed (running) statistics */             \
+static inline void fn_scale_##SUF(const S *dy, S *dx, int64_t n, double a_)   \
+{                                                                             \
+    T a = (T)a_;                                                              \
+    for (int64_t i = 0; i < n; i++) dx[i] = fn_st_##SUF(a * fn_ld_##SUF(dy[i]));\
+}                                                                             \
+/* Row loops for small planes: element j of a row belongs to its own column,  \
+ * with per-column accumulators (double) and coefficients (T).  These         \
+ * vectorise across the contiguous row, whatever the plane length. */         \
+static inline void fn_rsum_##SUF(const S *x, double *acc, int64_t n)          \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++) acc[j] += (double)fn_ld_##SUF(x[j]);      \
+}                                                                             \
+static inline void fn_rdev_##SUF(const S *x, const double *m, double *a,      \
+                                 double *b, int64_t n)                        \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++) {                                         \
+        double d = (double)fn_ld_##SUF(x[j]) - m[j];                          \
+        a[j] += d;                                                            \
+        b[j] += d * d;                                                        \
+    }                                                                         \
+}                                                                             \
+static inline void fn_rdot_##SUF(const S *x, const S *dy, const double *m,    \
+                                 double *a, double *b, int64_t n)             \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++) {                                         \
+        double g = (double)fn_ld_##SUF(dy[j]);                                \
+        a[j] += g;                                                            \
+        b[j] += g * ((double)fn_ld_##SUF(x[j]) - m[j]);                       \
+    }                                                                         \
+}                                                                             \
+/* Per-column coefficients of rows mode: e holds 4 rows of W = C * L values   \
+ * of T, row r element c * L + l = k_r[c] rounded to T (fn_expand4); the     \
+ * row loops read columns [j0, j0 + n) of them. */                            \
+static inline void fn_expand4_##SUF(const S *tag, const double *k0,           \
+                                    const double *k1, const double *k2,       \
+                                    const double *k3, int64_t C, int64_t L,   \
+                                    void *e_)                                 \
+{                                                                             \
+    T *e = (T *)e_;                                                           \
+    int64_t W = C * L;                                                        \
+    (void)tag;                                                                \
+    for (int64_t c = 0; c < C; c++)                                           \
+        for (int64_t l = 0; l < L; l++) {                                     \
+            int64_t j = c * L + l;                                            \
+            e[j] = (T)k0[c];                                                  \
+            e[W + j] = (T)k1[c];                                              \
+            e[2 * W + j] = (T)k2[c];                                          \
+            e[3 * W + j] = (T)k3[c];                                          \
+        }                                                                     \
+}                                                                             \
+static inline void fn_raffine_##SUF(const S *x, S *y, const void *e_,         \
+                                    int64_t W, int64_t j0, int64_t n)         \
+{                                                                             \
+    const T *c = (const T *)e_ + j0, *s = c + W, *t = c + 2 * W;              \
+    for (int64_t j = 0; j < n; j++)                                           \
+        y[j] = fn_st_##SUF((fn_ld_##SUF(x[j]) - c[j]) * s[j] + t[j]);         \
+}                                                                             \
+static inline void fn_rbwd_##SUF(const S *x, const S *dy, S *dx,              \
+                                 const void *e_, int64_t W, int64_t j0,       \
+                                 int64_t n)                                   \
+{                                                                             \
+    const T *c = (const T *)e_ + j0, *a = c + W, *b = c + 2 * W, *k = c + 3 * W;\
+    for (int64_t j = 0; j < n; j++)                                           \
+        dx[j] = fn_st_##SUF(a[j] * fn_ld_##SUF(dy[j])                         \
+                            - b[j] * (fn_ld_##SUF(x[j]) - c[j]) - k[j]);      \
+}                                                                             \
+static inline void fn_rscale_##SUF(const S *dy, S *dx, const void *e_,        \
+                                   int64_t W, int64_t j0, int64_t n)          \
+{                                                                             \
+    const T *a = (const T *)e_ + W + j0;                                      \
+    for (int64_t j = 0; j < n; j++) dx[j] = fn_st_##SUF(a[j] * fn_ld_##SUF(dy[j]));\
+}
+
+#define FN_INST_CHANNELS(a, S, SUF, T) FN_STATS_##T(S, SUF) FN_ELEMENTWISE(S, SUF, T)
+FN_STORAGE_TYPES(FN_INST_CHANNELS, _)
+
+#define fn_sum(x, n) FN_PICK(fn_sum, x)(x, n)
+#define fn_dev(x, n, m, sd, sdd) FN_PICK(fn_dev, x)(x, n, m, sd, sdd)
+#define fn_dot(x, dy, n, m, sdy, sdyx) FN_PICK(fn_dot, x)(x, dy, n, m, sdy, sdyx)
+#define fn_affine(x, y, n, c, s, t) FN_PICK(fn_affine, x)(x, y, n, c, s, t)
+#define fn_bwd(x, dy, dx, n, c, a, b, k) FN_PICK(fn_bwd, x)(x, dy, dx, n, c, a, b, k)
+#define fn_bwd_pf(x, dy, dx, n, c, a, b, k, px, py) \
+    FN_PICK(fn_bwd_pf, x)(x, dy, dx, n, c, a, b, k, px, py)
+#define fn_scale(dy, dx, n, a) FN_PICK(fn_scale, dy)(dy, dx, n, a)
+#define fn_rsum(x, acc, n) FN_PICK(fn_rsum, x)(x, acc, n)
+#define fn_rdev(x, m, a, b, n) FN_PICK(fn_rdev, x)(x, m, a, b, n)
+#define fn_rdot(x, dy, m, a, b, n) FN_PICK(fn_rdot, x)(x, dy, m, a, b, n)
+#define fn_expand4(tag, k0, k1, k2, k3, C, L, e) \
+    FN_PICK(fn_expand4, tag)(tag, k0, k1, k2, k3, C, L, e)
+#define fn_raffine(x, y, e, W, j0, n) FN_PICK(fn_raffine, x)(x, y, e, W, j0, n)
+#define fn_rbwd(x, dy, dx, e, W, j0, n) FN_PICK(fn_rbwd, x)(x, dy, dx, e, W, j0, n)
+#define fn_rscale(dy, dx, e, W, j0, n) FN_PICK(fn_rscale, dy)(dy, dx, e, W, j0, n)
+#endif

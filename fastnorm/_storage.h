@@ -1,0 +1,207 @@
+/* Storage types of fastnorm's kernels: how each is read, computed in and
+ * written, and the vector types the loops use.
+ *
+ * A kernel reads its data in the storage type S, computes in S's compute
+ * type T and double, and rounds each output element once to S.  T is
+ * float for float32 (and for 16-bit storage: float32 arithmetic) and double
+ * for float64.  Per-element coefficients and weights are in T, per-call
+ * statistics and sums in double.
+ *
+ * FN_STORAGE_TYPES is the one list of storage types on the C side: every
+ * family of loops is instantiated from it (FN_STORAGE_TYPES(FN_INST_..., _)),
+ * and FN_PICK(name, p) chooses name_<suffix> from the type of the pointer p
+ * (C11 _Generic), so the Cython kernels, written once over their fused
+ * storage type, call fn_<op>(p, ...) and get the right loop.  A storage type
+ * is one more line here, its scalar and vector conversions below, and its
+ * entry in the Cython fused type (_kernels.pyx) and in fastnorm/_dtypes.py.
+ *
+ * None of these functions allocates, checks its arguments or touches Python.
+ * Output pointers may alias input pointers exactly (in-place use); they are
+ * therefore not declared restrict.
+ */
+#ifndef FASTNORM_STORAGE_H
+#define FASTNORM_STORAGE_H
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+/* X(a, S, SUF, T): storage type S, its name suffix, its compute type */
+#define FN_STORAGE_TYPES(X, a) \
+    X(a, float, f32, float)    \
+    X(a, double, f64, double)
+
+/* the suffixes, for introspection (kernels.storage_types()) */
+#define FN_STORAGE_NAME(a, S, SUF, T) #SUF " "
+#define FN_STORAGE_NAMES FN_STORAGE_TYPES(FN_STORAGE_NAME, _)
+
+#define FN_ASSOC(NAME, S, SUF, T) , const S *: NAME##_##SUF, S *: NAME##_##SUF
+#define FN_PICK(NAME, p) _Generic((p) FN_STORAGE_TYPES(FN_ASSOC, NAME))
+
+/* Reductions use explicit vectors (GCC/Clang vector extensions): each
+ * accumulator is a vector of 4 doubles, lowered to whatever SIMD the build
+ * targets (two SSE2 registers on baseline x86-64).  The lanes are combined in
+ * a fixed order at the end, and the build disables floating-point contraction
+ * (-ffp-contract=off), so a result depends only on the data and the run
+ * length: not on threads, alignment or the instruction set. */
+typedef double fn_v4d __attribute__((vector_size(32)));
+typedef float fn_v4f __attribute__((vector_size(16)));
+typedef float fn_v8f __attribute__((vector_size(32)));
+
+static inline double fn_hsum(fn_v4d v)
+{
+    return (v[0] + v[2]) + (v[1] + v[3]);
+}
+
+static inline double fn_hsum8(fn_v8f v)
+{
+    /* fixed order, in float64 */
+    return (((double)v[0] + (double)v[4]) + ((double)v[2] + (double)v[6])) +
+           (((double)v[1] + (double)v[5]) + ((double)v[3] + (double)v[7]));
+}
+
+static inline void fn_flush8(fn_v8f v, fn_v4d *lo, fn_v4d *hi)
+{
+    fn_v4f l = {v[0], v[1], v[2], v[3]}, h = {v[4], v[5], v[6], v[7]};
+    *lo += __builtin_convertvector(l, fn_v4d);
+    *hi += __builtin_convertvector(h, fn_v4d);
+}
+
+/* Compute-type loads: 4 values as 4 doubles, 8 floats as a float vector. */
+static inline fn_v4d fn_load4_float(const float *p)
+{
+    fn_v4f v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, fn_v4d);
+}
+
+static inline fn_v4d fn_load4_double(const double *p)
+{
+    fn_v4d v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline fn_v8f fn_load8_float(const float *p)
+{
+    fn_v8f v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* Per storage type SUF:
+ *   fn_ld_SUF(v)      one stored value in the compute type (exact)
+ *   fn_st_SUF(v)      a compute-type value rounded to storage
+ *   fn_std_SUF(v)     a double rounded to storage, once
+ *   fn_ld4d_SUF(p)    4 stored values as 4 doubles (exact)
+ *   fn_ld8f_SUF(p)    8 stored values as a float vector (float compute only) */
+static inline float fn_ld_f32(float v) { return v; }
+static inline float fn_st_f32(float v) { return v; }
+static inline float fn_std_f32(double v) { return (float)v; }
+static inline fn_v4d fn_ld4d_f32(const float *p) { return fn_load4_float(p); }
+static inline fn_v8f fn_ld8f_f32(const float *p) { return fn_load8_float(p); }
+
+static inline double fn_ld_f64(double v) { return v; }
+static inline double fn_st_f64(double v) { return v; }
+static inline double fn_std_f64(double v) { return v; }
+static inline fn_v4d fn_ld4d_f64(const double *p) { return fn_load4_double(p); }
+
+/* Generic accessors, by the pointer's storage type:
+ *   fn_at(p, i)        p[i] as a double (exact)
+ *   fn_centre(p, m)    m rounded to p's compute type, as a double: the centre
+ *                      c of (x - c) * s + t, so that x - c cancels exactly
+ *   fn_wat(p, w, i)    w[i] of a weight array in p's compute type, as a double */
+#define FN_ACCESSORS(a, S, SUF, T)                                            \
+static inline double fn_at_##SUF(const S *p, int64_t i)                       \
+{                                                                             \
+    return (double)fn_ld_##SUF(p[i]);                                         \
+}                                                                             \
+static inline double fn_centre_##SUF(const S *p, double m)                    \
+{                                                                             \
+    (void)p;                                                                  \
+    return (double)(T)m;                                                      \
+}                                                                             \
+static inline double fn_wat_##SUF(const S *p, const void *w, int64_t i)       \
+{                                                                             \
+    (void)p;                                                                  \
+    return (double)((const T *)w)[i];                                         \
+}
+FN_STORAGE_TYPES(FN_ACCESSORS, _)
+#define fn_at(p, i) FN_PICK(fn_at, p)(p, i)
+#define fn_centre(p, m) FN_PICK(fn_centre, p)(p, m)
+#define fn_wat(p, w, i) FN_PICK(fn_wat, p)(p, w, i)
+
+/* Streaming (non-temporal) stores of a tile computed in L1: the output
+ * line is written without first being read into the cache (a third less
+ * memory traffic for a large output that is not re-read soon).  The values
+ * are the tile's bits, whatever the store instruction.  fn_stream_fence()
+ * orders them before the results are used (once per row, by the writer). */
+static inline void fn_stream_f32(float *dst, const float *src, int64_t n)
+{
+#if defined(__SSE2__)
+    int64_t i = 0;
+    while (i < n && ((uintptr_t)(dst + i) & 31)) {
+        dst[i] = src[i];
+        i++;
+    }
+#if defined(__AVX__)
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+#else
+    for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+    for (; i < n; i++) dst[i] = src[i];
+#else
+    memcpy(dst, src, (size_t)n * sizeof(float));
+#endif
+}
+
+static inline void fn_stream_f64(double *dst, const double *src, int64_t n)
+{
+#if defined(__SSE2__)
+    int64_t i = 0;
+    while (i < n && ((uintptr_t)(dst + i) & 31)) {
+        dst[i] = src[i];
+        i++;
+    }
+#if defined(__AVX__)
+    for (; i + 4 <= n; i += 4) _mm256_stream_pd(dst + i, _mm256_loadu_pd(src + i));
+#else
+    for (; i + 2 <= n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+#endif
+    for (; i < n; i++) dst[i] = src[i];
+#else
+    memcpy(dst, src, (size_t)n * sizeof(double));
+#endif
+}
+#define fn_stream(dst, src, n) FN_PICK(fn_stream, dst)(dst, src, n)
+
+static inline void fn_prefetch(const void *p)
+{
+    __builtin_prefetch(p, 0, 3);
+}
+
+static inline void fn_stream_fence(void)
+{
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
+
+/* float32 data: sums over blocks of FN_BLOCK elements are carried in float32
+ * vectors (8 lanes, at most 8 terms each) and flushed to float64 after each
+ * block, twice the speed of float64 lanes.  The terms are deviations from a
+ * centre near the mean, so a block sum has float32's relative precision
+ * (~1e-7) and the flushed total keeps float64's.  A block whose float32 sum is
+ * not finite (values near the float32 range) is redone in float64. */
+#define FN_BLOCK 64
+
+/* Statistics passes over float32 runs: four float32 vector accumulators
+ * (32 lanes, so four independent add chains), a block of FN_SBLOCK = 128
+ * values puts 4 terms in each lane; the block's lanes are combined in
+ * float32 to 8 and added, lane by lane, to float64 vector totals, summed in a
+ * fixed order at the end.  A run whose float64 total is not finite (a float32
+ * block overflowed) is summed again wholly in float64. */
+#define FN_SBLOCK 128
+#endif
