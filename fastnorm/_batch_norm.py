@@ -24,32 +24,6 @@ class Saved:
     overwritten: bool       # out= was the input: x3 no longer holds it
 
 
-def as_ncl(x):
-    """Contiguous aligned (N, C, L) view of x (a copy only if x is not)."""
-    x = ck.for_kernel(x)
-    L = 1
-    for s in x.shape[2:]:
-        L *= s
-    return x.reshape(x.shape[0], x.shape[1], L)
-
-
-def check_input(x, where, ndims, layout=None):
-    """x as a float ndarray of an accepted rank."""
-    x = ck.as_float_array(x, "input", where)
-    if x.ndim not in ndims:
-        ndims = list(ndims)
-        if len(ndims) > 2 and ndims == list(range(ndims[0], ndims[-1] + 1)):
-            want = f"{ndims[0]}D to {ndims[-1]}D"
-        else:
-            want = " or ".join(f"{d}D" for d in ndims)
-        lay = f" {layout}" if layout else ""
-        raise ValueError(
-            f"{where}: expected {want} input{lay}, got {x.ndim}D input of "
-            f"shape {ck.shape_str(x.shape)}"
-        )
-    return x
-
-
 def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
             update, momentum, eps, out, nbt=None, moments=None):
     """Batch norm of a checked input x (ndarray, rank >= 2).
@@ -84,7 +58,7 @@ def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
             momentum = ck.momentum_value(momentum, where, allow_none=False)
     out = ck.out_array(out, x.shape, dt, x, where)
 
-    x3 = as_ncl(x)
+    x3 = ck.as_ncl(x)
     y = out if out is not None else _pool.empty(x.shape, dt)
     if x.size == 0 and (moments is None or not batch_stats):
         # An empty batch (N = 0 or a zero spatial dim): nothing to normalise,
@@ -168,7 +142,7 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias, grad_inp
     if g.size == 0 and reduce is None:
         z = np.zeros(C, dtype=dt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)
-    g3 = as_ncl(g)
+    g3 = ck.as_ncl(g)
     dx3 = dx.reshape(x3.shape)
 
     sum_dy = np.zeros(C)

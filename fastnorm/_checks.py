@@ -1,15 +1,23 @@
-"""Argument checks shared by every fastnorm layer and function.
+"""Argument checks and shape helpers shared by every fastnorm layer and
+function: the one module the layer and family modules share (they import it,
+and the kernels, never each other's helpers).
 
 Every check runs before any kernel and before anything is written, so a call
 that fails changes nothing.  Messages name the function, what was expected
 and what came.
 """
+import functools
 import math
 import numbers
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from ._dtypes import FLOAT_DTYPES, NAMES, compute_dtype
+
+# Slices (rows, groups) of at most this many bytes take the one-pass slice
+# kernels: the slice, and for the backward its gradient, stay in L2 between
+# the two loops over it.
+FUSE_BYTES = 512 * 1024
 
 
 def shape_str(shape):
@@ -17,18 +25,18 @@ def shape_str(shape):
 
 
 def float_dtype(dtype, where):
-    """The float32/float64 dtype named by `dtype` (a layer's dtype= keyword)."""
+    """The storage dtype named by `dtype` (a layer's dtype= keyword)."""
     try:
         dt = np.dtype(dtype)
     except TypeError as e:
-        raise TypeError(f"{where}: dtype must be float32 or float64, got {dtype!r}") from e
+        raise TypeError(f"{where}: dtype must be {NAMES}, got {dtype!r}") from e
     if dt not in FLOAT_DTYPES:
-        raise TypeError(f"{where}: dtype must be float32 or float64, got {dt}")
+        raise TypeError(f"{where}: dtype must be {NAMES}, got {dt}")
     return dt
 
 
 def as_float_array(a, name, where):
-    """`a` as a float32/float64 ndarray, without copying a native-order ndarray.
+    """`a` as an ndarray of a storage dtype, without copying a native-order ndarray.
 
     Array-likes (lists, PyTorch CPU tensors) are converted with np.asarray.
     Byte-swapped float data is converted to native order (a copy).  Any other
@@ -41,12 +49,12 @@ def as_float_array(a, name, where):
         except Exception:
             a = _tensor_to_numpy(a, name, where)
     dt = a.dtype
-    if dt.kind == "f" and dt.itemsize in (4, 8) and not dt.isnative:
+    if dt.kind == "f" and not dt.isnative and dt.newbyteorder("=") in FLOAT_DTYPES:
         a = a.astype(dt.newbyteorder("="))
         dt = a.dtype
     if dt not in FLOAT_DTYPES:
         raise TypeError(
-            f"{where}: expected {name} of dtype float32 or float64, got {dt}; "
+            f"{where}: expected {name} of dtype {NAMES}, got {dt}; "
             f"convert it explicitly, e.g. {name}.astype(np.float32)"
         )
     return a
@@ -192,12 +200,13 @@ def input_kept(overwritten, where):
 
 
 def centered(mean, dtype, factor):
-    """(center, term): the float64 mean rounded to the data type, and
+    """(center, term): the float64 mean rounded to the compute type of the
+    data type (as the kernels' fn_centre), and
     (center - mean) * factor, the correction that lets kernels work with
     x - center.  The term is 0 where the mean or the factor is not finite:
     center equals such a mean, and inf - inf would put a NaN where the data
     calls for none.  No floating-point warnings."""
-    center = mean.astype(dtype).astype(np.float64)
+    center = mean.astype(compute_dtype(dtype)).astype(np.float64)
     d = np.subtract(center, mean, out=np.zeros_like(mean), where=np.isfinite(mean))
     term = np.multiply(d, factor, out=np.zeros(np.broadcast(d, factor).shape),
                        where=np.isfinite(factor))
@@ -210,3 +219,57 @@ def for_kernel(a):
     if a.flags.c_contiguous and a.flags.aligned:
         return a
     return np.array(a, order="C", copy=True)
+
+
+# --------------------------------------------------------------------------
+# Shapes
+# --------------------------------------------------------------------------
+
+def check_rank(x, where, ndims, layout=None):
+    """x as a float ndarray of one of the ranks in ndims; the message names
+    them (a range as "2D to 63D") and the layout, e.g. "(N, C, *)"."""
+    x = as_float_array(x, "input", where)
+    if x.ndim not in ndims:
+        ndims = list(ndims)
+        if len(ndims) > 2 and ndims == list(range(ndims[0], ndims[-1] + 1)):
+            want = f"{ndims[0]}D to {ndims[-1]}D"
+        else:
+            want = " or ".join(f"{d}D" for d in ndims)
+        lay = f" {layout}" if layout else ""
+        raise ValueError(
+            f"{where}: expected {want} input{lay}, got {x.ndim}D input of "
+            f"shape {shape_str(x.shape)}"
+        )
+    return x
+
+
+def as_ncl(x):
+    """Contiguous aligned (N, C, L) view of x (N, C, *) (a copy only if x is not)."""
+    x = for_kernel(x)
+    L = 1
+    for s in x.shape[2:]:
+        L *= s
+    return x.reshape(x.shape[0], x.shape[1], L)
+
+
+def as_rows(x, D):
+    """Contiguous aligned (R, D) view of x (a copy only if x is not)."""
+    x2 = for_kernel(x).reshape(-1, D)
+    if not x2.flags.aligned:  # pragma: no cover - numpy allocates aligned
+        x2 = x2.copy()
+    return x2
+
+
+def fused(D, dtype):
+    """Whether slices of D elements of dtype take the one-pass kernels."""
+    return D * np.dtype(dtype).itemsize <= FUSE_BYTES
+
+
+@functools.lru_cache(maxsize=32)
+def unit_weight(D, dtype):
+    """A read-only weight of ones in the compute type of dtype (shared: no
+    allocation per call)."""
+    w = np.ones(D, compute_dtype(dtype))
+    w.flags.writeable = False
+    return w
+

@@ -2,7 +2,7 @@
 InstanceNorm (one channel per group).
 
 x (N, C, L) is viewed as N * G slices of (C / G) * L contiguous values, one
-per group of a sample.  Slices of at most FUSE_BYTES take the one-pass slice
+per group of a sample.  Slices of at most _checks.FUSE_BYTES take the one-pass slice
 kernels (statistics and normalisation of a slice by one thread while it is in
 cache; backward likewise).  Larger slices take two passes: statistics from the
 batch-norm kernels on a (1, N * G, (C / G) * L) view (the same arithmetic as
@@ -16,7 +16,6 @@ import numpy as np
 from . import _checks as ck
 from . import _pool
 from ._native import kernels as _kernels
-from ._layer_norm import fused
 
 
 @dataclass
@@ -35,7 +34,7 @@ def statistics(x3, groups, eps):
     D = (C // groups) * L
     mean = np.empty(N * groups)
     var = np.empty(N * groups)
-    if fused(D, x3.dtype):
+    if ck.fused(D, x3.dtype):
         invstd = np.empty(N * groups)
         _kernels.slice_stats(x3.reshape(N * groups, D), eps, False, mean, var, invstd)
         return mean, var, invstd
@@ -50,7 +49,7 @@ def forward_slices(x3, y3, groups, weight, bias, eps):
     N, C, L = x3.shape
     D = (C // groups) * L
     dt = x3.dtype
-    if not fused(D, dt):
+    if not ck.fused(D, dt):
         mean, var, invstd = statistics(x3, groups, eps)
         normalise(x3, y3, groups, mean, invstd, weight, bias)
         return mean, var, invstd
@@ -97,7 +96,7 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
     inv_nc = np.repeat(saved.invstd, cg)
     s1 = np.empty(N * C)    # sum of dy per (n, c)
     s2 = np.empty(N * C)    # sum of dy * (x - mean) per (n, c)
-    if fused(cg * L, dt):
+    if ck.fused(cg * L, dt):
         _kernels.groups_backward(x3.reshape(N * G, cg * L), g3.reshape(N * G, cg * L),
                                  dx.reshape(N * G, cg * L), G, cg, weight, saved.mean,
                                  saved.invstd, s1, s2)
@@ -143,15 +142,13 @@ def _prepare(where, x, C, weight, bias, eps, out):
 
 def group_forward(where, x, groups, weight, bias, eps, out):
     """GroupNorm of a checked input x (N, C, *). Returns (y, SavedGroups)."""
-    from ._batch_norm import as_ncl
-
     C = x.shape[1]
     if C % groups:
         raise ValueError(
             f"{where}: input has {C} channels, not divisible into {groups} groups"
         )
     eps, weight, bias, out = _prepare(where, x, C, weight, bias, eps, out)
-    x3 = as_ncl(x)
+    x3 = ck.as_ncl(x)
     y = out if out is not None else _pool.empty(x.shape, x.dtype)
     if x.size == 0:
         return y, SavedGroups(x3, x.shape, groups, np.zeros(0), np.zeros(0), False)
@@ -168,8 +165,6 @@ def instance_forward(where, x, running_mean, running_var, weight, bias,
     running ones (unbiased variance), with momentum, or with 1 / nbt when
     momentum is None.  Returns (y, SavedGroups).
     """
-    from ._batch_norm import as_ncl
-
     N, C = x.shape[:2]
     L = 1
     for s in x.shape[2:]:
@@ -185,7 +180,7 @@ def instance_forward(where, x, running_mean, running_var, weight, bias,
     running_var = ck.buffer(running_var, "running_var", C, dt, where, update)
     if update and running_mean is not None and momentum is not None:
         momentum = ck.momentum_value(momentum, where, allow_none=False)
-    x3 = as_ncl(x)
+    x3 = ck.as_ncl(x)
     y = out if out is not None else _pool.empty(x.shape, dt)
     if x.size == 0:  # no instance, or empty planes: nothing to normalise or average
         return y, SavedGroups(x3, x.shape, C, np.zeros(0), np.zeros(0), False)
@@ -203,8 +198,6 @@ def instance_forward(where, x, running_mean, running_var, weight, bias,
 def saved_for_backward(where, x, groups, weight, bias, eps, instance):
     """Checks and statistics of a forward call, without its output: what a
     functional *_backward needs (one pass over x instead of two)."""
-    from ._batch_norm import as_ncl
-
     N, C = x.shape[:2]
     if C % groups:
         raise ValueError(
@@ -216,7 +209,7 @@ def saved_for_backward(where, x, groups, weight, bias, eps, instance):
             f"statistics, got input of shape {ck.shape_str(x.shape)}"
         )
     eps, _, _, _ = _prepare(where, x, C, weight, bias, eps, None)
-    x3 = as_ncl(x)
+    x3 = ck.as_ncl(x)
     if x.size == 0:
         return SavedGroups(x3, x.shape, groups, np.zeros(0), np.zeros(0), False)
     mean, _, invstd = statistics(x3, groups, eps)

@@ -2,7 +2,7 @@
 LayerNorm (mean and variance) and RMSNorm (root mean square).
 
 x is viewed as contiguous (R, D), D = prod(normalized_shape).  Rows of at
-most FUSE_BYTES go to the fused slice kernels: one thread computes a row's
+most _checks.FUSE_BYTES go to the fused slice kernels: one thread computes a row's
 statistics and normalises it (backward: its sums, then its gradient) while
 the row is in cache, one read of the data per call.  Longer rows (too few to
 share among threads, too long for the cache) take two passes: statistics from
@@ -11,7 +11,6 @@ layer kernels.  Both compute a row's statistics with the same arithmetic
 (pieces of 4096, Chan-merged in order); RMSNorm's mean square is
 var + mean**2, two non-negative terms, so nothing cancels.
 """
-import functools
 import numbers
 from dataclasses import dataclass
 
@@ -20,24 +19,6 @@ import numpy as np
 from . import _checks as ck
 from . import _pool
 from ._native import kernels as _kernels
-
-
-# Rows of at most this many bytes are normalised in one pass (the row, and
-# for the backward its gradient, stay in L2 between the two loops over it).
-FUSE_BYTES = 512 * 1024
-
-
-def fused(D, dtype):
-    """Whether rows of D elements of dtype take the one-pass kernels."""
-    return D * np.dtype(dtype).itemsize <= FUSE_BYTES
-
-
-@functools.lru_cache(maxsize=32)
-def unit_weight(D, dtype):
-    """A read-only weight of ones (shared: no allocation per call)."""
-    w = np.ones(D, dtype)
-    w.flags.writeable = False
-    return w
 
 
 @dataclass
@@ -86,14 +67,6 @@ def _row_param(a, name, nshape, dtype, where):
     return ck.for_kernel(a).reshape(-1)
 
 
-def _as_rows(x, D):
-    """Contiguous aligned (R, D) view of x (a copy only if x is not)."""
-    x2 = ck.for_kernel(x).reshape(-1, D)
-    if not x2.flags.aligned:  # pragma: no cover - numpy allocates aligned
-        x2 = x2.copy()
-    return x2
-
-
 def check_rows(where, x, nshape):
     """x as a float ndarray whose trailing dims are nshape."""
     x = ck.as_float_array(x, "input", where)
@@ -111,13 +84,13 @@ def statistics(where, x, nshape, weight, bias, eps, rms):
     D = int(np.prod(nshape))
     _row_param(weight, "weight", nshape, dt, where)
     _row_param(bias, "bias", nshape, dt, where)
-    x2 = _as_rows(x, D)
+    x2 = ck.as_rows(x, D)
     R = x2.shape[0]
     if R == 0:
         return SavedRows(x2, x.shape, np.zeros(0), np.zeros(0), rms, False)
     mean = np.empty(R)
     var = np.empty(R)
-    if fused(D, dt):
+    if ck.fused(D, dt):
         invstd = np.empty(R)
         _kernels.slice_stats(x2, eps, rms, mean, var, invstd)
         return SavedRows(x2, x.shape, mean, invstd, rms, False)
@@ -139,10 +112,10 @@ def forward(where, x, nshape, weight, bias, eps, out, rms):
     dt = x.dtype
     D = int(np.prod(nshape))
     out = ck.out_array(out, x.shape, dt, x, where)
-    if fused(D, dt) and x.size:
+    if ck.fused(D, dt) and x.size:
         w = _row_param(weight, "weight", nshape, dt, where)
         b = _row_param(bias, "bias", nshape, dt, where)
-        x2 = _as_rows(x, D)
+        x2 = ck.as_rows(x, D)
         R = x2.shape[0]
         y = out if out is not None else _pool.empty(x.shape, dt)
         mean, var, invstd = np.empty(R), np.empty(R), np.empty(R)
@@ -162,7 +135,7 @@ def forward(where, x, nshape, weight, bias, eps, out, rms):
     else:
         center, shift = ck.centered(saved.mean, dt, saved.invstd)
     _kernels.layer_affine(saved.x2, y.reshape(R, D), center, saved.invstd, shift,
-                          w if w is not None else unit_weight(D, dt),
+                          w if w is not None else ck.unit_weight(D, dt),
                           b if b is not None else np.zeros(D, dt))
     saved.overwritten = out is not None and np.may_share_memory(out, saved.x2)
     return y, saved
@@ -181,9 +154,9 @@ def backward(where, grad_output, saved, weight, nshape, need_weight, need_bias):
         z = np.zeros(nshape, dtype=dt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)
     g2 = ck.for_kernel(g).reshape(R, D)
-    w1 = w if w is not None else unit_weight(D, dt)
+    w1 = w if w is not None else ck.unit_weight(D, dt)
     col_dy, col_dyxhat = np.empty(D), np.empty(D)
-    if fused(D, dt):
+    if ck.fused(D, dt):
         _kernels.rows_backward(x2, g2, dx.reshape(R, D), saved.rms, w1, saved.mean,
                                saved.invstd, col_dy, col_dyxhat)
         gw = col_dyxhat.astype(dt).reshape(nshape) if need_weight else None

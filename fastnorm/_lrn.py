@@ -21,24 +21,18 @@ def check_args(size, alpha, beta, k, where):
 
 
 def check_input(x, where):
-    x = ck.as_float_array(x, "input", where)
-    if x.ndim < 3:
-        raise ValueError(
-            f"{where}: expected 3D or higher input (N, C, *), got {x.ndim}D input of "
-            f"shape {ck.shape_str(x.shape)}")
-    return x
+    """x as a float ndarray (N, C, *) of rank 3 or more."""
+    return ck.check_rank(x, where, range(3, 65), layout="(N, C, *)")
 
 
 def forward(where, x, size, alpha, beta, k, out):
     """y = x / (k + alpha / size * window sum of x**2)**beta.  Returns (y, x3)."""
-    from ._batch_norm import as_ncl
-
     out = ck.out_array(out, x.shape, x.dtype, x, where)
     if out is not None and np.may_share_memory(out, x):
         raise ValueError(
             f"{where}: out must not share memory with the input (each output "
             "depends on neighbouring channels of the input)")
-    x3 = as_ncl(x)
+    x3 = ck.as_ncl(x)
     y = out if out is not None else _pool.empty(x.shape, x.dtype)
     if x.size:
         _kernels.lrn_forward(x3, y.reshape(x3.shape), size, alpha, beta, k)

@@ -200,7 +200,7 @@ class _NormBase(_Affine):
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def _check_input(self, x, where):
-        x = _bn.check_input(x, where, self._ndims, layout=self._layout)
+        x = ck.check_rank(x, where, self._ndims, layout=self._layout)
         self._check_dtype(x, where)
         cdim = 0 if x.ndim == self._unbatched_ndim else 1
         if x.shape[cdim] != self.num_features:
@@ -434,7 +434,7 @@ class GroupNorm(_Affine):
     def forward(self, x, out=None):
         """Normalise x (same in training and eval); `out` may be x itself."""
         where = type(self).__name__
-        x = _bn.check_input(x, where, range(2, 64), layout="(N, C, *)")
+        x = ck.check_rank(x, where, range(2, 64), layout="(N, C, *)")
         self._check_dtype(x, where)
         if x.shape[1] != self.num_channels:
             raise ValueError(

@@ -22,7 +22,6 @@ import numpy as np
 
 from . import _checks as ck
 from . import _pool
-from ._batch_norm import as_ncl
 from ._native import kernels as _kernels
 
 
@@ -89,7 +88,7 @@ def statistics(where, x, mean_weight, var_weight, running_mean, running_var, wei
             raise ValueError(f"{where}: eval mode with using_bn needs running_mean and "
                              "running_var")
     out = ck.out_array(out, x.shape, dt, x, where)
-    x3 = as_ncl(x)
+    x3 = ck.as_ncl(x)
     M = x3.shape[2]
     if M == 0 or N == 0:
         raise ValueError(f"{where}: expected a non-empty input, got shape "
@@ -163,7 +162,7 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
     g = ck.grad_output(grad_output, saved.shape, dt, where)
     if weight is not None:
         weight = ck.param(weight, "weight", C, dt, where)
-    g3 = as_ncl(g)
+    g3 = ck.as_ncl(g)
     flat, gflat = x3.reshape(1, N * C, M), g3.reshape(1, N * C, M)
 
     # per plane: sum dy and sum dy * (x - mu) (mu: the mixed mean)

@@ -4,7 +4,10 @@ Each forward function has a ``*_backward`` twin that takes the output gradient
 and the forward's arguments and returns ``(grad_input, grad_weight,
 grad_bias)``, with None for a parameter that was not given.
 """
+import numpy as np
+
 from . import _batch_norm as _bn
+from . import _checks as ck
 from . import _group_norm as _gn
 from . import _layer_norm as _ln
 from . import _lrn
@@ -30,12 +33,12 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None,
     momentum=None).  ``out`` receives the result and may be ``input`` itself.
     """
     where = "batch_norm"
-    x = _bn.check_input(input, where, range(2, 64), layout="(N, C, *)")
+    x = ck.check_rank(input, where, range(2, 64), layout="(N, C, *)")
     if not training and (running_mean is None or running_var is None):
         raise ValueError(
             f"{where}: running_mean and running_var must be given when training=False"
         )
-    momentum = _bn.ck.momentum_value(momentum, where, allow_none=False)
+    momentum = ck.momentum_value(momentum, where, allow_none=False)
     y, _ = _bn.forward(where, x, running_mean, running_var, weight, bias,
                        batch_stats=bool(training), update=bool(training),
                        momentum=momentum, eps=eps, out=out)
@@ -53,21 +56,21 @@ def batch_norm_backward(grad_output, input, running_mean, running_var,
     statistics are neither used nor changed.
     """
     where = "batch_norm_backward"
-    x = _bn.check_input(input, where, range(2, 64), layout="(N, C, *)")
+    x = ck.check_rank(input, where, range(2, 64), layout="(N, C, *)")
     if not training and (running_mean is None or running_var is None):
         raise ValueError(
             f"{where}: running_mean and running_var must be given when training=False"
         )
     C, dt = x.shape[1], x.dtype
-    eps = _bn.ck.eps_value(eps, where)
-    _bn.ck.param(weight, "weight", C, dt, where)
-    _bn.ck.param(bias, "bias", C, dt, where)
-    rm = _bn.ck.buffer(running_mean, "running_mean", C, dt, where, writable=False)
-    rv = _bn.ck.buffer(running_var, "running_var", C, dt, where, writable=False)
+    eps = ck.eps_value(eps, where)
+    ck.param(weight, "weight", C, dt, where)
+    ck.param(bias, "bias", C, dt, where)
+    rm = ck.buffer(running_mean, "running_mean", C, dt, where, writable=False)
+    rv = ck.buffer(running_var, "running_var", C, dt, where, writable=False)
     batch = bool(training)
-    x3 = _bn.as_ncl(x)
+    x3 = ck.as_ncl(x)
     if x.size == 0:     # an empty batch: no statistics, zero gradients
-        mean, invstd = _bn.np.zeros(C), _bn.np.ones(C)
+        mean, invstd = np.zeros(C), np.ones(C)
     else:
         mean, _, invstd = _bn.statistics(where, x3, x.shape, rm, rv, batch, eps)
     saved = _bn.Saved(x3, x.shape, mean, invstd, batch, False)
@@ -86,11 +89,11 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     running statistics normalise, as in eval-mode batch norm.
     """
     where = "instance_norm"
-    x = _bn.check_input(input, where, range(3, 64), layout="(N, C, *spatial)")
+    x = ck.check_rank(input, where, range(3, 64), layout="(N, C, *spatial)")
     if use_input_stats:
         if (running_mean is None) != (running_var is None):
             raise ValueError(f"{where}: give both running_mean and running_var, or neither")
-        momentum = _bn.ck.momentum_value(momentum, where, allow_none=False)
+        momentum = ck.momentum_value(momentum, where, allow_none=False)
         y, _ = _gn.instance_forward(where, x, running_mean, running_var, weight, bias,
                                     running_mean is not None, momentum, eps, out)
         return y
@@ -108,7 +111,7 @@ def instance_norm_backward(grad_output, input, running_mean=None, running_var=No
     (grad_input, grad_weight or None, grad_bias or None).  Running statistics
     are neither changed nor (with use_input_stats=True) used."""
     where = "instance_norm_backward"
-    x = _bn.check_input(input, where, range(3, 64), layout="(N, C, *spatial)")
+    x = ck.check_rank(input, where, range(3, 64), layout="(N, C, *spatial)")
     if not use_input_stats:
         return batch_norm_backward(grad_output, x, running_mean, running_var, weight,
                                    bias, training=False, eps=eps)
@@ -121,8 +124,8 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, out=None)
     """Group normalisation of input (N, C, *), as torch.nn.functional.group_norm:
     statistics per (sample, group of C / num_groups channels), affine per channel."""
     where = "group_norm"
-    x = _bn.check_input(input, where, range(2, 64), layout="(N, C, *)")
-    groups = _bn.ck.positive_int(num_groups, "num_groups", where)
+    x = ck.check_rank(input, where, range(2, 64), layout="(N, C, *)")
+    groups = ck.positive_int(num_groups, "num_groups", where)
     y, _ = _gn.group_forward(where, x, groups, weight, bias, eps, out)
     return y
 
@@ -131,8 +134,8 @@ def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, 
     """Gradients of group_norm(input, ...) called with the same arguments:
     (grad_input, grad_weight or None, grad_bias or None)."""
     where = "group_norm_backward"
-    x = _bn.check_input(input, where, range(2, 64), layout="(N, C, *)")
-    groups = _bn.ck.positive_int(num_groups, "num_groups", where)
+    x = ck.check_rank(input, where, range(2, 64), layout="(N, C, *)")
+    groups = ck.positive_int(num_groups, "num_groups", where)
     saved = _gn.saved_for_backward(where, x, groups, weight, bias, eps, instance=False)
     return _gn.backward(where, grad_output, saved, weight, weight is not None,
                         bias is not None)
@@ -144,7 +147,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out
     where = "layer_norm"
     nshape = _ln.normalized_shape_value(normalized_shape, where)
     x = _ln.check_rows(where, input, nshape)
-    y, _ = _ln.forward(where, x, nshape, weight, bias, _bn.ck.eps_value(eps, where), out,
+    y, _ = _ln.forward(where, x, nshape, weight, bias, ck.eps_value(eps, where), out,
                        rms=False)
     return y
 
@@ -156,7 +159,7 @@ def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=
     where = "layer_norm_backward"
     nshape = _ln.normalized_shape_value(normalized_shape, where)
     x = _ln.check_rows(where, input, nshape)
-    saved = _ln.statistics(where, x, nshape, weight, bias, _bn.ck.eps_value(eps, where),
+    saved = _ln.statistics(where, x, nshape, weight, bias, ck.eps_value(eps, where),
                            rms=False)
     return _ln.backward(where, grad_output, saved, weight, nshape, weight is not None,
                         bias is not None)
@@ -198,7 +201,7 @@ def local_response_norm_backward(grad_output, input, size, alpha=1e-4, beta=0.75
     where = "local_response_norm_backward"
     args = _lrn.check_args(size, alpha, beta, k, where)
     x = _lrn.check_input(input, where)
-    return _lrn.backward(where, grad_output, _bn.as_ncl(x), x.shape, *args)
+    return _lrn.backward(where, grad_output, ck.as_ncl(x), x.shape, *args)
 
 
 def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_var=None,
@@ -212,8 +215,8 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
     in [0, 1]); training=False: the running statistics are the batch term.
     See fastnorm.SwitchableNorm2d."""
     where = "switchable_norm"
-    x = _bn.check_input(input, where, range(3, 64), layout="(N, C, *spatial)")
-    momentum = _bn.ck.momentum_value(momentum, where, allow_none=False)
+    x = ck.check_rank(input, where, range(3, 64), layout="(N, C, *spatial)")
+    momentum = ck.momentum_value(momentum, where, allow_none=False)
     update = bool(training) and using_bn and running_mean is not None
     if bool(training) and using_bn and (running_mean is None) != (running_var is None):
         raise ValueError(f"{where}: give both running_mean and running_var, or neither")
@@ -229,7 +232,7 @@ def switchable_norm_backward(grad_output, input, mean_weight, var_weight, runnin
     arguments: (grad_input, grad_weight or None, grad_bias or None,
     grad_mean_weight, grad_var_weight).  Running statistics are not changed."""
     where = "switchable_norm_backward"
-    x = _bn.check_input(input, where, range(3, 64), layout="(N, C, *spatial)")
+    x = ck.check_rank(input, where, range(3, 64), layout="(N, C, *spatial)")
     saved, _, _, _ = _sn.statistics(where, x, mean_weight, var_weight, running_mean,
                                     running_var, weight, bias, bool(training),
                                     bool(using_bn), False, eps, None)

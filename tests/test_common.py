@@ -54,14 +54,14 @@ def test_reset_parameters_and_state_dict_round_trip(make, shape, rng):
 def test_one_pass_and_two_pass_kernels_agree(make, shape, dtype, rng, monkeypatch):
     """Small slices take the fused one-pass kernels, large ones two passes;
     both compute a slice's statistics with the same arithmetic."""
-    from fastnorm import _layer_norm
+    from fastnorm import _checks
 
     x = (rng.normal(size=shape) * 2 + 5).astype(dtype)
     g = rng.normal(size=shape).astype(dtype)
     w = rng.uniform(0.5, 2, make(dtype).weight.shape)
     res = []
-    for limit in (_layer_norm.FUSE_BYTES, 0):
-        monkeypatch.setattr(_layer_norm, "FUSE_BYTES", limit)
+    for limit in (_checks.FUSE_BYTES, 0):
+        monkeypatch.setattr(_checks, "FUSE_BYTES", limit)
         layer = make(dtype)
         layer.weight[...] = w
         y = layer(x)

@@ -79,7 +79,7 @@ def test_bitwise_identical_at_1_and_2_threads(size, shape, dtype):
     (lambda: fastnorm.LocalResponseNorm(2.5), ValueError, ["size", "2.5"]),
     (lambda: fastnorm.LocalResponseNorm(3, alpha=float("nan")), ValueError, ["alpha", "nan"]),
     (lambda: fastnorm.LocalResponseNorm(3)(np.ones((3, 4), np.float32)), ValueError,
-     ["expected 3D or higher", "got 2D"]),
+     ["expected 3D to 64D input (N, C, *)", "got 2D"]),
     (lambda: fastnorm.LocalResponseNorm(3)(np.ones((2, 3, 4), np.int64)), TypeError, ["int64"]),
     (lambda: F.local_response_norm(np.ones((2, 3, 4)), 3, out=np.ones((2, 3, 4), np.float32)),
      TypeError, ["out has dtype float32"]),
