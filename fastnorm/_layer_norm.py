@@ -166,7 +166,7 @@ def backward(where, grad_output, saved, weight, nshape, need_weight, need_bias):
     _kernels.layer_bwd_sums(x2, g2, w1, saved.mean, saved.invstd, row_a, row_b,
                             col_dy, col_dyxhat)
     inv = saved.invstd
-    q = inv ** 3 * row_b / D
+    q = (inv * inv * inv) * row_b / D
     if saved.rms:
         center = saved.mean          # zeros
         k = np.zeros(R)

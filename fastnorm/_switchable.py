@@ -16,6 +16,7 @@ statistics per plane), once to normalise; layer and batch statistics come
 from merging the instance moments, never from sums of squares.
 With using_bn=False only the instance and layer terms exist (two weights).
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +26,35 @@ from . import _pool
 from ._native import kernels as _kernels
 
 
+# Cody-Waite split of log(2) (the high part has 32 zero low bits, so k * hi
+# is exact) and the Taylor coefficients 1 / n! of exp on |r| <= log(2) / 2.
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e+00
+_EXP_COEF = tuple(1.0 / math.factorial(n) for n in range(14))
+
+
+def exp(v):
+    """exp of a float64 array with IEEE additions, multiplications and
+    ldexp only: the same bits on every CPU.  (NumPy's and libm's exp choose
+    SIMD or FMA code by CPU and differ in the last bit, which would make the
+    mixing weights, and every SwitchableNorm result, depend on the CPU.)
+    Range reduction x = k log(2) + r, |r| <= log(2) / 2, then a degree-13
+    Taylor polynomial: within a few ulp of exp."""
+    x = np.clip(np.asarray(v, np.float64), -746.0, 710.0)
+    nan = np.isnan(x)
+    x = np.where(nan, 0.0, x)
+    k = np.rint(x * _INV_LN2)
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    p = np.full_like(r, _EXP_COEF[13])
+    for c in _EXP_COEF[12::-1]:
+        p = p * r + c
+    with np.errstate(over="ignore"):        # exp(x) beyond the float64 range: inf
+        return np.where(nan, np.nan, np.ldexp(p, k.astype(np.int64)))
+
+
 def softmax(v):
-    e = np.exp(v - v.max())
+    e = exp(v - v.max())
     return e / e.sum()
 
 
@@ -175,7 +203,7 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
     inv = saved.invstd
     # dL/dmu and dL/dvar of each plane (mu, var: the mixed statistics)
     d_mu = -inv * w * s_dy
-    d_var = -0.5 * inv ** 3 * w * s_dyx
+    d_var = -0.5 * (inv * inv * inv) * w * s_dyx
     a, b = saved.a, saved.b
     terms = len(a)
     # through the mixing into the instance mean and variance of each plane

@@ -17,31 +17,30 @@ from util import asan_loaded
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 HAS_AVX2 = baseline.cpu_has_avx2()
 
-# Every kernel family, float32 and float64: train forward, eval forward and
-# backward of each layer, on shapes with remainders after the vector widths.
+# Every layer of the catalogue on its small shapes, and every kernel family
+# on shapes with remainders after the vector widths, float32 and float64:
+# train forward and backward, eval forward.
 SCRIPT = r"""
 import sys
 import numpy as np
 import fastnorm
+from fastnorm._catalogue import CATALOGUE, BY_NAME
 from fastnorm._native import kernels
 rng = np.random.default_rng(3)
 res = {"isa": np.array(kernels.isa())}
-cases = [
-    ("bn2", lambda d: fastnorm.BatchNorm2d(6, dtype=d), (5, 6, 33, 35)),
-    ("bn1", lambda d: fastnorm.BatchNorm1d(70, dtype=d), (301, 70)),
-    ("in2", lambda d: fastnorm.InstanceNorm2d(6, affine=True, dtype=d), (3, 6, 47, 45)),
-    ("ln", lambda d: fastnorm.LayerNorm(771, dtype=d), (37, 771)),
-    ("lnbig", lambda d: fastnorm.LayerNorm(70001, dtype=d), (3, 70001)),
-    ("gn", lambda d: fastnorm.GroupNorm(4, 12, dtype=d), (3, 12, 29, 31)),
-    ("rms", lambda d: fastnorm.RMSNorm(1029, dtype=d), (33, 1029)),
-    ("lrn", lambda d: fastnorm.LocalResponseNorm(5), (2, 9, 17, 19)),
-]
+cases = [(e.name, e, s) for e in CATALOGUE for s in e.shapes] + [
+    (n, BY_NAME[n], s) for n, s in [
+        ("BatchNorm2d", (5, 6, 33, 35)), ("BatchNorm1d", (301, 70)),
+        ("InstanceNorm2d", (3, 6, 47, 45)), ("LayerNorm", (37, 771)),
+        ("LayerNorm", (3, 70001)), ("GroupNorm", (3, 12, 29, 31)),
+        ("RMSNorm", (33, 1029)), ("LocalResponseNorm", (2, 9, 17, 19)),
+        ("SwitchableNorm2d", (3, 6, 29, 31))]]
 for dt in (np.float32, np.float64):
-    for name, make, shape in cases:
+    for name, entry, shape in cases:
         x = (rng.normal(size=shape) * 3 + 10).astype(dt)
         g = rng.normal(size=shape).astype(dt)
-        layer = make(dt)
-        key = f"{name}-{np.dtype(dt).name}"
+        layer = entry.layer(shape, dt, rng)
+        key = f"{name}-{'x'.join(map(str, shape))}-{np.dtype(dt).name}"
         res[key + "-y"] = layer(x)
         res[key + "-dx"] = layer.backward(g)
         for p in ("weight_grad", "bias_grad", "running_mean", "running_var"):

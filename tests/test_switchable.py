@@ -208,3 +208,17 @@ def test_functional_matches_the_layer(training):
                       (fgm, layer.mean_weight_grad), (fgv, layer.var_weight_grad)):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(rm2, rm)      # backward changes no running stat
+
+
+def test_softmax_exp_is_accurate_and_portable():
+    """The mixing weights' exp uses IEEE +, * and ldexp only (the same bits on
+    every CPU: tests/test_isa.py runs SwitchableNorm on an emulated CPU too),
+    within 2 ulp of NumPy's exp, and exact at 0, +-inf and NaN."""
+    from fastnorm._switchable import exp
+
+    x = np.linspace(-700, 700, 100001)
+    e, t = exp(x), np.exp(x)
+    assert np.max(np.abs(e - t) / t) <= 2 * np.finfo(np.float64).eps
+    special = exp(np.array([0.0, -0.0, np.inf, -np.inf, np.nan]))
+    assert special[0] == special[1] == 1.0 and special[2] == np.inf and special[3] == 0.0
+    assert np.isnan(special[4])
