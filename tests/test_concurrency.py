@@ -82,6 +82,24 @@ def test_kernels_release_the_gil(name):
     # while this thread watches
     fastnorm.release_output_pool()
     call()
+    # A held GIL stalls every watch for a whole call; this shared VM's
+    # scheduler can stall one now and then (seen: once in a full suite), so
+    # up to three watches are made and the best one counts.
+    gaps = []
+    for _ in range(3):
+        gaps.append(_watch(call))
+        if gaps[-1] < 0.6 * one:
+            break
+    # Python's switch interval (5 ms) bounds the pauses while the worker does
+    # Python work
+    assert min(gaps) < 0.6 * one, (
+        f"{name}: this thread stalled {[round(g * 1e3, 1) for g in gaps]} ms during "
+        f"kernels of {one * 1e3:.1f} ms: the GIL is held")
+
+
+def _watch(call):
+    """The longest pause of a Python loop in this thread while a worker
+    thread makes four calls."""
     done = threading.Event()
 
     def worker():
@@ -112,11 +130,7 @@ def test_kernels_release_the_gil(name):
         sys.setswitchinterval(old)
         if gc_was_on:
             gc.enable()
-    # a held GIL would stall this loop for a whole call; Python's switch
-    # interval (5 ms) bounds the pauses while the worker does Python work
-    assert gap < 0.6 * one, (
-        f"{name}: this thread stalled {gap * 1e3:.1f} ms during kernels of "
-        f"{one * 1e3:.1f} ms: the GIL is held")
+    return gap
 
 
 EVAL_LAYERS = [
