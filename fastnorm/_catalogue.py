@@ -63,7 +63,8 @@ class Entry:
     functional: str         # fastnorm.functional name; None: no functional
     ranks: tuple            # accepted (batched) input ranks
     shapes: tuple           # small input shapes, every rank at least once
-    boundary: tuple         # shapes just off unit / block / one-pass boundaries
+    boundary: tuple         # shapes just off unit / block / one-pass boundaries,
+                            # each of 2 ** 16 elements or more (two threads)
     large: tuple            # >= 8 MiB float32, >= 2 ** 18 elements
     modes: tuple            # ("train", "eval") or ("train",): eval is the same
     scope: str              # what a statistic covers (see the module note)
@@ -238,7 +239,8 @@ _n1 = ONE_PASS // 4         # float32 elements of a one-pass slice
 
 CATALOGUE = (
     _bn(BatchNorm1d, (2, 3), ((6, 5), (4, 5, 7)),
-        ((97, 3, 1000), (9, 3, 4095), (9, 3, 4097), (1001, 70), (33, 1100, 7), (300, 40, 32)),
+        ((97, 3, 1000), (9, 3, 4095), (9, 3, 4096), (9, 3, 4097), (5, 3, 8193), (1001, 70),
+         (3, 300, 257), (257, 600), (33, 1100, 7), (300, 40, 31), (300, 40, 32)),
         (8, 64, 4096)),
     _bn(BatchNorm2d, (4,), ((2, 3, 5, 7),),
         ((3, 5, 101, 47), (1, 3, 512, 512), (300, 40, 31, 1)),
@@ -249,9 +251,9 @@ CATALOGUE = (
     _bn(BatchNorm3d, (5,), ((2, 3, 2, 3, 4),), ((2, 4, 9, 31, 33),), (4, 16, 16, 64, 64)),
     _in(InstanceNorm1d, (3,), ((3, 4, 9), (4, 9)),
         ((9, 3, 4095), (9, 3, 4097), (1, 3, _n1 + 1), (3, 300, 257)), (8, 64, 4096)),
-    _in(InstanceNorm2d, (4,), ((2, 3, 5, 7), (3, 5, 7)), ((3, 5, 63, 65), (1, 2, 363, 363)),
+    _in(InstanceNorm2d, (4,), ((2, 3, 5, 7), (3, 5, 7)), ((6, 5, 63, 65), (1, 2, 363, 363)),
         (8, 256, 32, 32)),
-    _in(InstanceNorm3d, (5,), ((2, 3, 2, 3, 4), (3, 2, 3, 4)), ((2, 3, 9, 31, 33),),
+    _in(InstanceNorm3d, (5,), ((2, 3, 2, 3, 4), (3, 2, 3, 4)), ((4, 3, 9, 31, 33),),
         (4, 16, 16, 64, 64)),
     Entry(GroupNorm, lambda s, dt: GroupNorm(groups_for(s[1]), s[1], dtype=dt), "group_norm",
           tuple(range(2, 64)), ((3, 4), (2, 6, 5), (2, 4, 3, 5), (2, 4, 2, 3, 4)),

@@ -40,6 +40,7 @@ def test_shapes_are_of_the_ranks_claimed(entry):
     for s in entry.shapes + entry.boundary + (entry.large,):
         unbatched = entry.scope == "instance" and len(s) + 1 in entry.ranks
         assert len(s) in entry.ranks or unbatched, (entry.name, s)
+    assert all(np.prod(s) >= 2 ** 16 for s in entry.boundary), entry.name
     assert cat.nbytes(entry.large) >= _pool.THRESHOLD
     assert np.prod(entry.large) >= 2 ** 18
 
