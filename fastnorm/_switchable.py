@@ -16,6 +16,7 @@ statistics per plane), once to normalise; layer and batch statistics come
 from merging the instance moments, never from sums of squares.
 With using_bn=False only the instance and layer terms exist (two weights).
 """
+import functools
 import math
 from dataclasses import dataclass
 
@@ -76,6 +77,17 @@ class Saved:
     overwritten: bool
 
 
+def _quiet(f):
+    """Run f with NumPy's floating-point warnings off: non-finite data makes
+    NaN and inf in the statistics (inf - inf, inf * 0), as it should, and
+    fastnorm warns about none of it (README, Numerics)."""
+    @functools.wraps(f)
+    def run(*args, **kw):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            return f(*args, **kw)
+    return run
+
+
 def check_mixing(mean_weight, var_weight, terms, dtype, where):
     out = []
     for name, v in (("mean_weight", mean_weight), ("var_weight", var_weight)):
@@ -98,6 +110,7 @@ def _merged(mu, var, axis):
     return m, v
 
 
+@_quiet
 def statistics(where, x, mean_weight, var_weight, running_mean, running_var, weight,
                bias, training, using_bn, update, eps, out):
     """Checks, and the mixed statistics of a checked x (N, C, *): a Saved
@@ -153,6 +166,7 @@ def statistics(where, x, mean_weight, var_weight, running_mean, running_var, wei
     return saved, weight, bias, out
 
 
+@_quiet
 def forward(where, x, mean_weight, var_weight, running_mean, running_var, weight,
             bias, training, using_bn, update, momentum, eps, out, nbt=None):
     """Switchable norm of a checked x (N, C, *).  Returns (y, Saved)."""
@@ -181,6 +195,7 @@ def forward(where, x, mean_weight, var_weight, running_mean, running_var, weight
     return y, saved
 
 
+@_quiet
 def backward(where, grad_output, saved, weight, need_weight, need_bias):
     """(grad_input, grad_weight, grad_bias, grad_mean_weight, grad_var_weight)."""
     x3 = saved.x3

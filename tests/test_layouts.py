@@ -490,3 +490,51 @@ def test_running_stats_over_several_steps(cls, layout):
         assert getattr(a, k).tobytes() == getattr(b, k).tobytes(), k
     laid = Laid(xs[3], layout)
     assert a.eval()(xs[3].copy()).tobytes() == b.eval()(laid.view).tobytes()
+
+
+# ---------------------------------------------------------------------------
+# Every layer of the catalogue (fastnorm/_catalogue.py), as it configures it,
+# on its small shapes: an input or output gradient in any layout gives the
+# bits of contiguous copies, in each mode, and is left untouched.
+
+from fastnorm import _catalogue as cat  # noqa: E402
+
+CAT_CASES = [(e, s) for e in cat.CATALOGUE for s in e.shapes]
+
+
+def _catalogue_run(entry, shape, dtype, x, g):
+    layer = entry.layer(shape, dtype, np.random.default_rng(7))
+    res = {}
+    for mode in entry.modes:
+        layer.train(mode == "train")
+        res[f"{mode} y"] = np.array(layer(x))
+        res[f"{mode} dx"] = np.array(layer.backward(g))
+        for k in ("weight_grad", "bias_grad", "mean_weight_grad", "var_weight_grad",
+                  "running_mean", "running_var", "num_batches_tracked"):
+            v = getattr(layer, k, None)
+            res[f"{mode} {k}"] = None if v is None else np.array(v, copy=True)
+    return res
+
+
+@pytest.mark.parametrize("entry,shape", CAT_CASES, ids=[cat.case_id(*c) for c in CAT_CASES])
+def test_catalogue_layer(entry, shape):
+    """Every catalogue layer, every layout of its input and of its output
+    gradient, float32 and float64: bitwise the call on contiguous copies."""
+    failures = []
+    for dtype in DTYPES:
+        rng = np.random.default_rng(1)
+        x = (rng.normal(size=shape) * 2 + 3).astype(dtype)
+        g = rng.normal(size=shape).astype(dtype)
+        want = _catalogue_run(entry, shape, dtype, x.copy(), g.copy())
+        for role in ("x", "g"):
+            for layout in (LAYOUTS if len(shape) > 1 else LAYOUTS_1D):
+                laid = Laid(x if role == "x" else g, layout)
+                args = (laid.view, g.copy()) if role == "x" else (x.copy(), laid.view)
+                try:
+                    assert_same_bits(_catalogue_run(entry, shape, dtype, *args), want)
+                    laid.assert_unchanged(role)
+                except Exception as e:      # an assertion, or fastnorm raising
+                    failures.append(f"{np.dtype(dtype)} {role} {layout}: "
+                                    f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    if failures:
+        pytest.fail("\n  ".join([f"{len(failures)} calls differ:"] + failures), pytrace=False)

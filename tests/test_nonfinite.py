@@ -20,6 +20,10 @@ and is handled the same at 1 and 2 threads.
   - test_every_call_returns: a child process runs every layer and
     functional on non-finite data and must exit normally in time (no
     crash, no hang).
+* For every layer of the catalogue, as it configures it (SwitchableNorm and
+  SyncBatchNorm included): test_catalogue_only_reach_affected (the output
+  outside the value's reach bitwise unchanged, the value visible, no NumPy
+  warning) and test_catalogue_threads_same_bits (its large shape).
 """
 import dataclasses
 import json
@@ -651,3 +655,106 @@ def test_every_call_returns(tmp_path):
     assert proc.returncode == 0, f"exit status {proc.returncode}:\n{proc.stderr[-3000:]}"
     calls = json.loads(proc.stdout.strip().splitlines()[-1])["calls"]
     assert calls == 2 * (len(DTYPES) * len(SPECS) * len(CASES) + len(THREAD_SPECS))
+
+
+# ---------------------------------------------------------------------------
+# Every layer of the catalogue (fastnorm/_catalogue.py), as it configures it:
+# SwitchableNorm and SyncBatchNorm included.  A value at one input element
+# changes only the outputs its statistics reach (the entry's scope), raises
+# no NumPy warning, and gives the same bits at 1 and 2 threads.
+
+import warnings  # noqa: E402
+
+from fastnorm import _catalogue as cat  # noqa: E402
+
+CAT_SHAPES = [(e, s) for e in cat.CATALOGUE for s in e.shapes if len(s) in e.ranks
+              and len(s) >= 2]
+
+
+def _reach(entry, layer, shape, at, training):
+    """Mask of the outputs that can depend on the input element at `at`."""
+    m = np.zeros(shape, bool)
+    n, c = at[0], at[1]
+    running = not training and getattr(layer, "running_mean", None) is not None
+    scope = entry.scope
+    if scope in ("channel", "instance") and running:
+        m[at] = True                        # eval with running statistics: elementwise
+    elif scope == "channel":
+        m[:, c] = True
+    elif scope == "instance":
+        m[n, c] = True
+    elif scope == "group":
+        cg = shape[1] // layer.num_groups
+        m[n, (c // cg) * cg:(c // cg + 1) * cg] = True
+    elif scope == "row":
+        m[at[:-1]] = True
+    elif scope == "window":
+        lo, hi = c - (layer.size - 1) // 2, c + layer.size // 2
+        m[(n, slice(max(lo, 0), hi + 1)) + tuple(at[2:])] = True
+    elif scope == "mixed":
+        m[n] = True                         # instance and layer statistics
+        if training and layer.using_bn:
+            m[:, c] = True                  # batch statistics
+    else:
+        raise AssertionError(scope)
+    return m
+
+
+def _cat_run(entry, shape, dtype, x, g, training):
+    layer = entry.layer(shape, dtype, np.random.default_rng(5))
+    layer.train(training)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # no NumPy warning on non-finite data
+        y = layer(x)
+        dx = layer.backward(g)
+    return layer, y, dx
+
+
+@pytest.mark.parametrize("value", list(VALUES))
+@pytest.mark.parametrize("entry,shape", CAT_SHAPES, ids=[cat.case_id(*c) for c in CAT_SHAPES])
+def test_catalogue_only_reach_affected(entry, shape, value):
+    for dtype in DTYPES:
+        for mode in entry.modes:
+            training = mode == "train"
+            rng = np.random.default_rng(2)
+            x = (rng.normal(size=shape) * 2 + 1).astype(dtype)
+            g = rng.normal(size=shape).astype(dtype)
+            at = (min(1, shape[0] - 1), 1) + tuple(s // 2 for s in shape[2:])
+            layer, clean, _ = _cat_run(entry, shape, dtype, x, g, training)
+            dirty_x = x.copy()
+            dirty_x[at] = VALUES[value]
+            layer, dirty, dx = _cat_run(entry, shape, dtype, dirty_x, g, training)
+            reach = _reach(entry, layer, shape, at, training)
+            what = f"{np.dtype(dtype)} {mode} {value}"
+            assert dirty[~reach].tobytes() == clean[~reach].tobytes(), \
+                f"{what}: output changed outside what depends on the value"
+            assert not np.isfinite(dirty[at]), f"{what}: the value vanished"
+            assert dx.shape == shape
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("entry", cat.CATALOGUE, ids=lambda e: e.name)
+def test_catalogue_threads_same_bits(entry, dtype):
+    """The large shape with non-finite values in the input and the output
+    gradient: every result has the same bits (NaN positions included) at
+    1 and 2 threads, in each mode."""
+    shape = entry.large
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=shape).astype(dtype)
+    g = rng.normal(size=shape).astype(dtype)
+    n = x.size
+    x.flat[[n // 7, n // 3, n // 2]] = [np.nan, np.inf, -np.inf]
+    g.flat[[n // 5, (3 * n) // 4]] = [np.nan, -np.inf]
+    runs = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="openmp"):
+            res = []
+            for mode in entry.modes:
+                layer, y, dx = _cat_run(entry, shape, dtype, x, g, mode == "train")
+                res += [y, dx] + [np.array(getattr(layer, k)) for k in
+                                  ("weight_grad", "bias_grad", "running_mean", "running_var")
+                                  if getattr(layer, k, None) is not None]
+            runs.append(res)
+    assert not np.isfinite(runs[0][0]).all()
+    for i, (a, b) in enumerate(zip(*runs)):
+        assert _bits(a) == _bits(b), f"result {i} differs between 1 and 2 threads"
