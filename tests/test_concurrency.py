@@ -12,6 +12,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import fastnorm
+from fastnorm import _catalogue as cat
 from fastnorm._native import kernels as _kernels
 
 
@@ -133,30 +134,26 @@ def _watch(call):
     return gap
 
 
-EVAL_LAYERS = [
-    ("BatchNorm2d", lambda: fastnorm.BatchNorm2d(8), (3, 8, 20, 20)),
-    ("BatchNorm2d-tiny", lambda: fastnorm.BatchNorm2d(8), (1, 8, 4, 4)),
-    ("InstanceNorm2d", lambda: fastnorm.InstanceNorm2d(8, affine=True), (3, 8, 20, 20)),
-    ("GroupNorm", lambda: fastnorm.GroupNorm(4, 8), (3, 8, 20, 20)),
-    ("LayerNorm", lambda: fastnorm.LayerNorm(400), (24, 400)),
-    ("RMSNorm", lambda: fastnorm.RMSNorm(400), (24, 400)),
-    ("LocalResponseNorm", lambda: fastnorm.LocalResponseNorm(3), (3, 8, 20, 20)),
-]
+def _batched(entry):
+    """A batched shape of the entry, of rank 2 or more."""
+    return next(s for s in entry.shapes if len(s) in entry.ranks and len(s) >= 2)
 
 
-@pytest.mark.parametrize("name,make,shape", EVAL_LAYERS, ids=[c[0] for c in EVAL_LAYERS])
-def test_threads_share_one_eval_layer(name, make, shape):
+# every layer of the catalogue, as it configures it, and BatchNorm's eval
+# fast path on a tiny input
+EVAL_LAYERS = [(e.name, e, _batched(e)) for e in cat.CATALOGUE] + [
+    ("BatchNorm2d-tiny", cat.BY_NAME["BatchNorm2d"], (1, 8, 4, 4))]
+
+
+@pytest.mark.parametrize("name,entry,shape", EVAL_LAYERS, ids=[c[0] for c in EVAL_LAYERS])
+def test_threads_share_one_eval_layer(name, entry, shape):
     rng = np.random.default_rng(3)
-    layer = make()
-    for k in ("weight", "bias", "running_mean"):
-        if getattr(layer, k, None) is not None:
-            getattr(layer, k)[...] = rng.normal(size=getattr(layer, k).shape)
-    if getattr(layer, "running_var", None) is not None:
-        layer.running_var[...] = rng.uniform(0.5, 2, layer.running_var.shape)
+    layer = entry.layer(shape, np.float32, rng)
     layer.eval()
     # each thread its own inputs, some big enough to use every OpenMP thread
     inputs = [[(rng.normal(size=(s0,) + shape[1:]) * (i + 1)).astype(np.float32)
-               for s0 in (shape[0], shape[0] * 40, 1)] for i in range(4)]
+               for s0 in (shape[0], shape[0] * 400, 1)]
+              for i in range(4)]
     want = [[layer(x).copy() for x in xs] for xs in inputs]
     state = {k: v.copy() for k, v in layer.state_dict().items()}
 
@@ -170,18 +167,22 @@ def test_threads_share_one_eval_layer(name, make, shape):
         assert v.tobytes() == state[k].tobytes(), f"{k} changed by eval calls"
 
 
-@pytest.mark.parametrize("make", [
-    lambda: fastnorm.BatchNorm2d(16, momentum=None),
-    lambda: fastnorm.InstanceNorm2d(16, track_running_stats=True, momentum=None),
-], ids=["BatchNorm2d", "InstanceNorm2d"])
-def test_concurrent_training_calls_lose_no_update(make):
+TRAINED = [e for e in cat.CATALOGUE if e.stateful]
+
+
+@pytest.mark.parametrize("entry", TRAINED, ids=lambda e: e.name)
+def test_concurrent_training_calls_lose_no_update(entry):
     """Training calls on one layer from several threads are serialised:
-    num_batches_tracked counts every call and the cumulative running mean is
-    the average of every batch's mean, as for the same calls one by one."""
+    num_batches_tracked counts every call and the cumulative running mean
+    (momentum=None) is the average of every batch's mean, as for the same
+    calls one by one."""
     rng = np.random.default_rng(9)
-    batches = [(rng.normal(size=(4, 16, 24, 24)) + rng.normal(size=(1, 16, 1, 1)) * 3)
+    shape = (4, 16) + {2: (), 3: (576,), 4: (24, 24), 5: (4, 12, 12)}[entry.ranks[-1]]
+    batches = [(rng.normal(size=shape) + rng.normal(size=(1, 16) + (1,) * (len(shape) - 2)) * 3)
                .astype(np.float32) for _ in range(8)]
-    layer = make()
+    layer = entry.layer(shape, np.float32, rng)
+    layer.momentum = None
+    layer.num_batches_tracked[...] = 0
     per_thread, n_threads = 16, 4     # every batch used 8 times
 
     def work(i):
@@ -192,7 +193,8 @@ def test_concurrent_training_calls_lose_no_update(make):
     assert int(layer.num_batches_tracked) == calls
     # each batch is used calls / len(batches) times: the cumulative average of
     # the batch means is their plain average
-    means = np.mean([b.astype(np.float64).mean(axis=(0, 2, 3)) for b in batches], axis=0)
+    axes = (0,) + tuple(range(2, len(shape)))
+    means = np.mean([b.astype(np.float64).mean(axis=axes) for b in batches], axis=0)
     np.testing.assert_allclose(layer.running_mean, means, rtol=1e-5, atol=1e-5)
 
 

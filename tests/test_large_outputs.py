@@ -55,3 +55,34 @@ def test_streamed_outputs_equal_the_ordinary_path(make, shape, n, dtype, rng):
     xc = x.copy()
     layer(xc, out=xc)                         # in place: ordinary stores
     np.testing.assert_array_equal(xc, want, strict=True)
+
+
+from fastnorm import _catalogue as cat  # noqa: E402
+
+
+@pytest.mark.parametrize("entry", cat.CATALOGUE, ids=lambda e: e.name)
+def test_every_layer_streams_the_bits_of_ordinary_stores(entry, rng):
+    """Every catalogue layer on its large shape, in each mode: the output
+    and input gradient with streaming stores allowed (from 1 MiB here) are
+    the bits of those with streaming off, into a fresh output and into one
+    not 32-byte aligned."""
+    x = (rng.normal(size=entry.large) * 2 + 3).astype(np.float32)
+    g = rng.normal(size=entry.large).astype(np.float32)
+    assert x.nbytes >= STREAM_BYTES
+
+    def run(stream_from, offset=None):
+        old = _kernels.stream_bytes(stream_from)
+        try:
+            layer = entry.layer(entry.large, np.float32, np.random.default_rng(2))
+            res = []
+            for mode in entry.modes:
+                layer.train(mode == "train")
+                out = None if offset is None else _offset_out(x.shape, x.dtype, offset)
+                res += [np.array(layer(x, out=out)), np.array(layer.backward(g))]
+            return res
+        finally:
+            _kernels.stream_bytes(old)
+    want = run(1 << 62)
+    for got in (run(STREAM_BYTES), run(STREAM_BYTES, offset=1)):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b, strict=True)

@@ -154,3 +154,34 @@ def test_bad_pool_size_in_the_environment_is_refused(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
                          capture_output=True, text=True, check=True)
     assert int(out.stdout) == 64 << 20
+
+
+from fastnorm import _catalogue as cat  # noqa: E402
+
+
+@pytest.mark.parametrize("entry", cat.CATALOGUE, ids=lambda e: e.name)
+def test_every_layer_takes_its_large_outputs_from_the_pool(fresh_pool, entry, rng):
+    """Every catalogue layer, on its large shape (8 MiB or more), in each
+    mode: the output and the input gradient come from the pool, a dead one
+    is reused by the next call, and no two live outputs share memory."""
+    x = rng.normal(size=entry.large).astype(np.float32)
+    g = rng.normal(size=entry.large).astype(np.float32)
+    layer = entry.layer(entry.large, np.float32, rng)
+    for mode in entry.modes:
+        layer.train(mode == "train")
+        taken = fastnorm.output_pool_info()
+        y = layer(x)
+        dx = layer.backward(g)
+        now = fastnorm.output_pool_info()
+        assert (now["hits"] + now["misses"]) - (taken["hits"] + taken["misses"]) == 2
+        assert not y.flags.owndata and not dx.flags.owndata
+        assert _disjoint(y, dx)
+        want_y, want_dx = y.copy(), dx.copy()
+        hits = fastnorm.output_pool_info()["hits"]
+        del y, dx
+        y2 = layer(x)
+        dx2 = layer.backward(g)
+        assert fastnorm.output_pool_info()["hits"] >= hits + 2, "dead outputs not reused"
+        if mode == "eval" or not entry.stateful:
+            assert y2.tobytes() == want_y.tobytes() and dx2.tobytes() == want_dx.tobytes()
+        del y2, dx2
