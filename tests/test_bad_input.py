@@ -59,14 +59,24 @@ LAYERS = {
                 ((3, 4, 6), ["trailing dimensions (5,)", "(3, 4, 6)"]), False),
     "LocalResponseNorm": (lambda: fastnorm.LocalResponseNorm(3), (2, 4, 5), [1, 2],
                           None, False),
+    "SwitchableNorm1d": (_bn(fastnorm.SwitchableNorm1d, 3), (4, 3, 5), [2, 4],
+                         ((4, 2, 5), ["3 channels", "got 2 channels"]), True),
     "SwitchableNorm2d": (_bn(fastnorm.SwitchableNorm2d, 4), (2, 3, 4, 5), [3, 5],
                          ((2, 4, 4, 5), ["3 channels", "got 4 channels"]), True),
+    "SwitchableNorm3d": (_bn(fastnorm.SwitchableNorm3d, 5), (2, 3, 2, 3, 4), [4, 6],
+                         ((2, 1, 2, 3, 4), ["3 channels", "got 1 channels"]), True),
     # one process: the checks are local, before the exchange
     "SyncBatchNorm": (_bn(lambda C: fastnorm.SyncBatchNorm(C, comm=OneRank()), 4),
                       (2, 3, 4, 5), [1, 6],
                       ((2, 4, 4, 5), ["3 channels", "got 4 channels"]), True),
 }
 LAYER_NAMES = list(LAYERS)
+
+
+def test_the_table_lists_every_catalogue_layer():
+    from fastnorm._catalogue import CATALOGUE
+
+    assert set(LAYERS) == {e.name for e in CATALOGUE}
 
 
 def _x(shape, dtype=F32):

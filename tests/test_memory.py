@@ -26,7 +26,8 @@ import pytest
 
 import fastnorm
 import fastnorm.functional as F
-from util import OneRank, asan_loaded
+from fastnorm import _catalogue as cat
+from util import asan_loaded
 
 CALLS = 100_000            # fastnorm calls in the measured loop
 WARMUP_CALLS = 5_000
@@ -91,21 +92,13 @@ def _steps(rng):
         mw, vw = arr(3), arr(3)
         out4 = np.empty_like(x4)
 
-        layers = [
-            (fastnorm.BatchNorm2d(3, dtype=dt), x4, g4),
-            (fastnorm.BatchNorm1d(6, dtype=dt), x2, g2),
-            (fastnorm.BatchNorm3d(3, dtype=dt), x4[:, :, None], g4[:, :, None]),
-            (fastnorm.InstanceNorm1d(3, affine=True, dtype=dt), x4[:, :, 0], g4[:, :, 0]),
-            (fastnorm.InstanceNorm2d(3, track_running_stats=True, dtype=dt), x4, g4),
-            (fastnorm.InstanceNorm3d(3, dtype=dt), x4[:, :, None], g4[:, :, None]),
-            (fastnorm.GroupNorm(3, 3, dtype=dt), x4, g4),
-            (fastnorm.LayerNorm(8, dtype=dt), xl, gl),
-            (fastnorm.RMSNorm([4, 8], dtype=dt), xl, gl),
-            (fastnorm.LocalResponseNorm(3), x4, g4),
-            (fastnorm.SwitchableNorm2d(3, dtype=dt), x4, g4),
-            (fastnorm.SwitchableNorm1d(3, using_bn=False, dtype=dt), x4[:, :, 0], g4[:, :, 0]),
-            (fastnorm.SyncBatchNorm(3, dtype=dt, comm=OneRank(pickled=False)), x4, g4),
-        ]
+        # every catalogue layer on its first small shape, and one variant
+        layers = []
+        for e in cat.CATALOGUE:
+            shape = e.shapes[0]
+            layers.append((e.layer(shape, dt, rng), arr(*shape), arr(*shape)))
+        layers.append((fastnorm.SwitchableNorm1d(3, using_bn=False, dtype=dt),
+                       x4[:, :, 0], g4[:, :, 0]))
         for layer, x, g in layers:
             def train(layer=layer, x=x):
                 layer.train()

@@ -245,3 +245,51 @@ def test_local_response_norm_matches_reference(case, d):
         return
     _close(y, ref.local_response_norm(x, *args)[0], dt)
     _close(dx, ref.local_response_norm_backward(g, x, *args), dt)
+
+
+# ---------------------------------------------------------------------------
+# Every layer of the catalogue (SwitchableNorm and SyncBatchNorm included),
+# as it configures it, over random shapes of its ranks, scales, offsets,
+# modes and dtypes: forward, running statistics and backward against the
+# entry's float64 twin (SwitchableNorm's backward: tests/test_switchable.py).
+
+from fastnorm import _catalogue as cat  # noqa: E402
+
+
+@st.composite
+def catalogue_cases(draw):
+    entry = draw(st.sampled_from(cat.CATALOGUE))
+    rank = draw(st.sampled_from([r for r in entry.ranks if 2 <= r <= 5] or [entry.ranks[0]]))
+    shape = [draw(st.integers(2, 7)), draw(st.integers(2, 6))]
+    shape += [draw(st.integers(2, 30 if rank == 3 else 6)) for _ in range(rank - 2)]
+    return dict(entry=entry, shape=tuple(shape),
+                dtype=draw(st.sampled_from([np.float32, np.float64])),
+                training=draw(st.booleans()) if "eval" in entry.modes else True,
+                offset=draw(st.sampled_from([0.0, 3.0, -1e3])),
+                scale=draw(st.sampled_from([1e-2, 1.0, 50.0])),
+                seed=draw(st.integers(0, 2**31 - 1)))
+
+
+@given(catalogue_cases())
+def test_catalogue_layers_match_their_twins(case):
+    entry, shape, dt = case["entry"], case["shape"], case["dtype"]
+    rng = np.random.default_rng(case["seed"])
+    layer = entry.layer(shape, dt, rng)
+    layer.train(case["training"])
+    x = (rng.normal(size=shape) * case["scale"] + case["offset"]).astype(dt)
+    g = rng.normal(size=shape).astype(dt)
+    ey, erm, erv = entry.reference(layer, x, case["training"])
+    want = entry.reference_backward(layer, x, g, case["training"])
+    y = layer(x)
+    dx = layer.backward(g)
+    # float32: errors relative to the size of what is being computed
+    tol = 1e-9 if dt == np.float64 else 3e-4
+    np.testing.assert_allclose(y, ey, rtol=tol, atol=tol * (1 + np.abs(ey).max()))
+    if erm is not None:
+        np.testing.assert_allclose(layer.running_mean, erm, rtol=tol,
+                                   atol=tol * (1 + np.abs(erm).max()))
+        np.testing.assert_allclose(layer.running_var, erv, rtol=tol,
+                                   atol=tol * (1 + np.abs(erv).max()))
+    if want is not None:
+        edx = want[0]
+        np.testing.assert_allclose(dx, edx, rtol=10 * tol, atol=10 * tol * (1 + np.abs(edx).max()))
