@@ -222,16 +222,17 @@ def _bn(cls, ranks, shapes, boundary, large, bench=()):
                  boundary, large, ("train", "eval"), "channel", bench)
 
 
-def _in(cls, ranks, shapes, boundary, large):
+def _in(cls, ranks, shapes, boundary, large, bench=()):
     return Entry(cls,
                  lambda s, dt: cls(s[1] if len(s) in ranks else s[0], affine=True,
                                    track_running_stats=True, dtype=dt),
-                 "instance_norm", ranks, shapes, boundary, large, ("train", "eval"), "instance")
+                 "instance_norm", ranks, shapes, boundary, large, ("train", "eval"), "instance",
+                 bench)
 
 
-def _sw(cls, ranks, shapes, boundary, large):
+def _sw(cls, ranks, shapes, boundary, large, bench=()):
     return Entry(cls, lambda s, dt: cls(s[1], dtype=dt), "switchable_norm", ranks,
-                 shapes, boundary, large, ("train", "eval"), "mixed",
+                 shapes, boundary, large, ("train", "eval"), "mixed", bench,
                  params=("weight", "bias", "mean_weight", "var_weight"))
 
 
@@ -252,24 +253,29 @@ CATALOGUE = (
     _in(InstanceNorm1d, (3,), ((3, 4, 9), (4, 9)),
         ((9, 3, 4095), (9, 3, 4097), (1, 3, _n1 + 1), (3, 300, 257)), (8, 64, 4096)),
     _in(InstanceNorm2d, (4,), ((2, 3, 5, 7), (3, 5, 7)), ((6, 5, 63, 65), (1, 2, 363, 363)),
-        (8, 256, 32, 32)),
+        (8, 256, 32, 32), bench=(((8, 256, 64, 64), ("forward", "backward")),)),
     _in(InstanceNorm3d, (5,), ((2, 3, 2, 3, 4), (3, 2, 3, 4)), ((4, 3, 9, 31, 33),),
         (4, 16, 16, 64, 64)),
     Entry(GroupNorm, lambda s, dt: GroupNorm(groups_for(s[1]), s[1], dtype=dt), "group_norm",
           tuple(range(2, 64)), ((3, 4), (2, 6, 5), (2, 4, 3, 5), (2, 4, 2, 3, 4)),
           ((5, 8, 4097), (12, 6, 31, 33), (1, 2, _n1 // 2 + 3), (9, 32, 257)),
-          (16, 256, 32, 32), ("train",), "group"),
+          (16, 256, 32, 32), ("train",), "group",
+          bench=(((16, 256, 32, 32), ("forward", "backward")),)),
     Entry(LayerNorm, lambda s, dt: LayerNorm(s[-1:], dtype=dt), "layer_norm",
           tuple(range(1, 64)), ((7,), (3, 7), (2, 3, 96)),
-          ((63, 2049), (65, 1023), (129, 4097), (3, _n1 + 7)), (8192, 256), ("train",), "row"),
+          ((63, 2049), (65, 1023), (129, 4097), (3, _n1 + 7)), (8192, 256), ("train",), "row",
+          bench=(((8192, 768), ("forward", "backward")),)),
     Entry(RMSNorm, lambda s, dt: RMSNorm(s[-1:], dtype=dt), "rms_norm", tuple(range(1, 64)),
           ((7,), (3, 7), (2, 3, 96)), ((127, 769), (2, 3, 4097 * 3), (3, _n1 + 7)),
-          (8192, 256), ("train",), "row", params=("weight",)),
+          (8192, 256), ("train",), "row", params=("weight",),
+          bench=(((8192, 4096), ("forward", "backward")),)),
     Entry(LocalResponseNorm, lambda s, dt: LocalResponseNorm(3, alpha=0.5, k=0.5),
           "local_response_norm", tuple(range(3, 65)), ((2, 5, 7), (2, 6, 3, 5)),
-          ((3, 97, 331), (2, 7, 33, 333)), (8, 64, 64, 64), ("train",), "window", params=()),
+          ((3, 97, 331), (2, 7, 33, 333)), (8, 64, 64, 64), ("train",), "window", params=(),
+          bench=(((32, 96, 55, 55), ("forward", "backward")),)),
     _sw(SwitchableNorm1d, (3,), ((3, 4, 9),), ((9, 8, 4097),), (8, 64, 4096)),
-    _sw(SwitchableNorm2d, (4,), ((2, 3, 5, 7),), ((4, 6, 63, 65),), (8, 64, 64, 64)),
+    _sw(SwitchableNorm2d, (4,), ((2, 3, 5, 7),), ((4, 6, 63, 65),), (8, 64, 64, 64),
+        bench=(((8, 64, 56, 56), ("train", "eval", "backward")),)),
     _sw(SwitchableNorm3d, (5,), ((2, 3, 2, 3, 4),), ((2, 4, 9, 31, 33),), (4, 16, 16, 64, 64)),
     Entry(SyncBatchNorm, lambda s, dt: SyncBatchNorm(s[1], dtype=dt, comm=LocalComm()),
           "batch_norm", (2, 3, 4, 5), ((6, 5), (2, 3, 5, 7)), ((9, 3, 4097), (3, 5, 101, 47)),

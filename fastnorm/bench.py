@@ -35,6 +35,10 @@ Methodology
   Column ``floor`` is the fraction of that bandwidth a row reaches: the byte
   model's bytes / bandwidth (the time any implementation needs to move them)
   divided by fastnorm's median.  Above 1: the data stayed in cache.
+* The layers are the catalogue's (fastnorm/_catalogue.py), with its default
+  shapes.  A layer with no peer written here (SwitchableNorm, SyncBatchNorm
+  on one process) is timed against its float64 NumPy twin
+  (fastnorm/_reference.py, the data upcast) as the ``numpy`` peer.
 * ``onnxruntime`` (when it and the ``onnx`` package are installed) runs a
   one-node ONNX model of the layer (inference only: forward and eval rows)
   with ``intra_op_num_threads`` set to the row's thread count.
@@ -54,6 +58,7 @@ import numpy as np
 import threadpoolctl
 
 import fastnorm
+from fastnorm._catalogue import CATALOGUE
 from fastnorm._native import kernels as _kernels
 
 PEERS = ("numpy", "torch", "onnxruntime")
@@ -366,46 +371,89 @@ def _trailing(x, v):
     return v
 
 
-LAYERS = {
-    "batchnorm2d": BatchNormBench("BatchNorm2d", 4, (
-        ((32, 64, 56, 56), ("train", "eval", "eval-out", "backward")),
-        ((1, 64, 112, 112), ("eval", "eval-out")),
-        ((1, 16, 8, 8), ("eval", "eval-out")),          # per-call overhead
-    )),
-    "instancenorm2d": RowsBench(
-        "InstanceNorm2d", lambda s: len(s) == 4, (((8, 256, 64, 64), ("forward", "backward")),),
+class TwinBench(Bench):
+    """A catalogue layer with no peers of its own here (SwitchableNorm,
+    SyncBatchNorm on one process): fastnorm, and as the numpy peer the
+    layer's float64 twin from fastnorm/_reference.py (the data upcast;
+    forward rows only)."""
+
+    bytes_model = {"train": 3, "eval": 2, "forward": 3, "backward": 5}
+
+    def __init__(self, entry):
+        self.entry, self.title, self.rank = entry, entry.name, None
+        self.modes = ("train", "eval", "backward") if entry.stateful else ("forward",
+                                                                          "backward")
+        self.defaults = entry.bench
+
+    def accepts(self, shape):
+        return len(shape) in self.entry.ranks and len(shape) >= 2
+
+    def setup(self, shape, dtype, rng):
+        return {"x": rng.standard_normal(shape, dtype=dtype),
+                "g": rng.standard_normal(shape, dtype=dtype),
+                "layer": self.entry.layer(shape, dtype, rng)}
+
+    def _fastnorm(self, mode, s, threads):
+        layer, x = s["layer"], s["x"]
+        layer.train(mode != "eval")
+        if mode == "backward":
+            layer(x)
+            return partial(layer.backward, s["g"])
+        return partial(layer, x)
+
+    def _numpy(self, mode, s, threads):
+        if mode == "backward":
+            return None
+        import copy
+        layer = copy.deepcopy(s["layer"])       # the twin reads its arrays as they are
+        return partial(lambda: self.entry.reference(layer, s["x"], mode != "eval")[0])
+
+    def _torch(self, mode, s, threads):
+        return None
+
+    def _onnxruntime(self, mode, s, threads):
+        return None
+
+
+# Peers of the layers that have them; the default shapes come from the
+# catalogue (Entry.bench), and every other catalogue layer is a TwinBench.
+_SPECS = {
+    "BatchNorm1d": BatchNormBench("BatchNorm1d", 3, ()),
+    "BatchNorm2d": BatchNormBench("BatchNorm2d", 4, ()),
+    "BatchNorm3d": BatchNormBench("BatchNorm3d", 5, ()),
+    "InstanceNorm2d": RowsBench(
+        "InstanceNorm2d", lambda s: len(s) == 4, (),
         lambda s, dt: fastnorm.InstanceNorm2d(s[1], affine=True, dtype=dt),
         _torch_like("InstanceNorm2d", lambda l: (l.num_features,),
                     lambda l: dict(affine=True, dtype=_f64() if l.dtype.name == "float64" else None)),
         lambda x: x.reshape(x.shape[0] * x.shape[1], -1), _channels,
         ort=lambda l: ("InstanceNormalization", {"w": l.weight, "b": l.bias},
                        {"epsilon": l.eps}, 17)),
-    "layernorm": RowsBench(
-        "LayerNorm", lambda s: len(s) >= 2, (((8192, 768), ("forward", "backward")),),
+    "LayerNorm": RowsBench(
+        "LayerNorm", lambda s: len(s) >= 2, (),
         lambda s, dt: fastnorm.LayerNorm(s[-1], dtype=dt),
         _torch_like("LayerNorm", lambda l: (l.normalized_shape,),
                     lambda l: dict(dtype=_f64() if l.dtype.name == "float64" else None)),
         lambda x: x.reshape(-1, x.shape[-1]), _trailing,
         ort=lambda l: ("LayerNormalization", {"w": l.weight, "b": l.bias},
                        {"axis": -len(l.normalized_shape), "epsilon": l.eps}, 17)),
-    "groupnorm": RowsBench(
-        "GroupNorm", lambda s: len(s) >= 2 and s[1] % 32 == 0,
-        (((16, 256, 32, 32), ("forward", "backward")),),
+    "GroupNorm": RowsBench(
+        "GroupNorm", lambda s: len(s) >= 2 and s[1] % 32 == 0, (),
         lambda s, dt: fastnorm.GroupNorm(32, s[1], dtype=dt),
         _torch_like("GroupNorm", lambda l: (l.num_groups, l.num_channels),
                     lambda l: dict(dtype=_f64() if l.dtype.name == "float64" else None)),
         lambda x: x.reshape(x.shape[0] * 32, -1), _channels,
         ort=lambda l: ("GroupNormalization", {"w": l.weight, "b": l.bias},
                        {"num_groups": l.num_groups, "epsilon": l.eps}, 21)),
-    "localresponsenorm": LRNBench(
-        "LocalResponseNorm", lambda s: len(s) >= 3, (((32, 96, 55, 55), ("forward", "backward")),),
+    "LocalResponseNorm": LRNBench(
+        "LocalResponseNorm", lambda s: len(s) >= 3, (),
         lambda s, dt: fastnorm.LocalResponseNorm(5),
         _torch_like("LocalResponseNorm", lambda l: (l.size,), lambda l: {}),
         None, None, bytes_model=(2, 3),
         ort=lambda l: ("LRN", {}, {"size": l.size, "alpha": l.alpha, "beta": l.beta,
                                    "bias": l.k}, 13)),
-    "rmsnorm": RowsBench(
-        "RMSNorm", lambda s: len(s) >= 2, (((8192, 4096), ("forward", "backward")),),
+    "RMSNorm": RowsBench(
+        "RMSNorm", lambda s: len(s) >= 2, (),
         lambda s, dt: fastnorm.RMSNorm(s[-1], dtype=dt),
         _torch_like("RMSNorm", lambda l: (l.normalized_shape,),
                     lambda l: dict(dtype=_f64() if l.dtype.name == "float64" else None)),
@@ -413,6 +461,18 @@ LAYERS = {
         ort=lambda l: ("RMSNormalization", {"w": l.weight},
                        {"axis": -len(l.normalized_shape), "epsilon": l._eps("bench")}, 23)),
 }
+
+
+def _layers():
+    """One spec per catalogue layer, keyed by its lowercase name, in catalogue
+    order; defaults from the catalogue."""
+    out = {}
+    for e in CATALOGUE:
+        spec = _SPECS.get(e.name) or TwinBench(e)
+        spec.defaults = e.bench
+        out[e.name.lower()] = spec
+    return out
+LAYERS = _layers()
 
 
 def _f64():

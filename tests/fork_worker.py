@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fastnorm                                   # noqa: E402
+from fastnorm import _catalogue as cat            # noqa: E402
 from fastnorm._native import kernels as K         # noqa: E402
 from util import OneRank                          # noqa: E402
 
@@ -33,35 +34,13 @@ THREADS = 2 if K.openmp_enabled() else 1     # a serial build runs on one
 
 
 def catalogue():
-    """(name, layer, input shape) for every layer, parameters and running
-    statistics not at their defaults; each shape has 2**18 elements."""
+    """(name, layer, input shape) for every layer of fastnorm's catalogue, as
+    it configures it (parameters and running statistics not at their
+    defaults), on its first boundary shape (2**16 elements or more: two
+    threads)."""
     rng = np.random.default_rng(7)
-    C = 16
-    spatial = {1: (2048,), 2: (32, 64), 3: (8, 16, 16)}
-    out = []
-
-    def add(name, layer, shape):
-        for k in ("weight", "bias", "running_mean"):
-            a = getattr(layer, k, None)
-            if a is not None:
-                a[...] = rng.uniform(-1, 1, a.shape)
-        if getattr(layer, "running_var", None) is not None:
-            layer.running_var[...] = rng.uniform(0.5, 2, layer.running_var.shape)
-        out.append((f"{name} {len(shape)}D", layer, shape))
-
-    add("BatchNorm1d", fastnorm.BatchNorm1d(C), (16384, C))
-    for d in (1, 2, 3):
-        add(f"BatchNorm{d}d", getattr(fastnorm, f"BatchNorm{d}d")(C), (8, C) + spatial[d])
-        add(f"InstanceNorm{d}d", getattr(fastnorm, f"InstanceNorm{d}d")(
-            C, affine=True, track_running_stats=True), (8, C) + spatial[d])
-        add(f"SwitchableNorm{d}d", getattr(fastnorm, f"SwitchableNorm{d}d")(C),
-            (8, C) + spatial[d])
-    add("GroupNorm", fastnorm.GroupNorm(4, C), (8, C, 32, 64))
-    add("LayerNorm", fastnorm.LayerNorm(256), (1024, 256))
-    add("RMSNorm", fastnorm.RMSNorm(256), (1024, 256))
-    add("LocalResponseNorm", fastnorm.LocalResponseNorm(5), (8, C, 32, 64))
-    add("SyncBatchNorm", fastnorm.SyncBatchNorm(C, comm=OneRank()), (8, C, 32, 64))
-    return out
+    return [(e.name, e.layer(e.boundary[0], np.float32, rng), e.boundary[0])
+            for e in cat.CATALOGUE]
 
 
 def data(shape, seed):
@@ -153,7 +132,7 @@ def every_layer():
 
 def grandchild():
     """A child that forks a child of its own: both keep their threads."""
-    name, fresh, shape = next(c for c in catalogue() if c[0] == "BatchNorm2d 4D")
+    name, fresh, shape = next(c for c in catalogue() if c[0] == "BatchNorm2d")
     want, _ = exercise(name, copy.deepcopy(fresh), shape)
 
     def check(who):
