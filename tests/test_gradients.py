@@ -48,3 +48,29 @@ def test_functional_gradients_by_finite_differences(training, rng):
     np.testing.assert_allclose(dx, _fd(loss, x), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(dw, _fd(loss, w), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(db, _fd(loss, b), rtol=1e-5, atol=1e-7)
+
+
+from fastnorm import _catalogue as cat  # noqa: E402
+
+GRAD_CASES = [(e, s) for e in cat.CATALOGUE for s in e.shapes[:2]]
+
+
+@pytest.mark.parametrize("entry,shape", GRAD_CASES, ids=[cat.case_id(*c) for c in GRAD_CASES])
+def test_catalogue_gradients_by_finite_differences(entry, shape, rng):
+    """Every catalogue layer, as it configures it, float64, in each mode:
+    the input gradient and every parameter gradient (SwitchableNorm's mixing
+    logits included) against central finite differences."""
+    layer = entry.layer(shape, np.float64, rng)
+    x = rng.normal(size=shape) * 2 + 0.5
+    g = rng.normal(size=shape)
+    state = {k: np.array(getattr(layer, k), copy=True) for k in
+             ("running_mean", "running_var", "num_batches_tracked")
+             if getattr(layer, k, None) is not None}
+    for mode in entry.modes:
+        layer.train(mode == "train")
+
+        def loss():
+            for k, v in state.items():      # the same statistics at every probe
+                getattr(layer, k)[...] = v
+            return float((layer(x) * g).sum())
+        assert_layer_gradients(layer, x, g, loss, params=entry.params)
