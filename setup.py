@@ -4,7 +4,7 @@ OpenMP is used when the compiler accepts -fopenmp (checked by compiling and
 linking a small program); otherwise the extension is built serial and a
 warning says so.  Setting FASTNORM_DISABLE_OPENMP=1 forces the serial build.
 The flags target any x86-64 CPU (no -march=native): the same build goes into a
-wheel.  On x86-64 the same source is compiled a second time with -mavx2 as
+wheel.  On x86-64 the same source is compiled a second time with -mavx2 -mf16c as
 fastnorm._kernels_avx2, which fastnorm._native loads on CPUs with AVX2 (both
 copies round identically); FASTNORM_DISABLE_AVX2=1 skips that copy.
 
@@ -86,7 +86,7 @@ def compiler_has_avx2(compiler):
         src = os.path.join(tmp, "avx2_test.c")
         with open(src, "w") as f:
             f.write(AVX2_TEST)
-        compiler.compile([src], output_dir=tmp, extra_postargs=["-mavx2"])
+        compiler.compile([src], output_dir=tmp, extra_postargs=["-mavx2", "-mf16c"])
         return True
     except Exception:
         return False
@@ -154,8 +154,9 @@ class BuildExt(build_ext):
                 "-Wno-psabi"] + san_c + extra_c
             ext.extra_link_args = san_l + extra_l
             if ext.name.endswith("_avx2"):
-                # AVX2 only: no -mfma (and contraction is off anyway)
-                ext.extra_compile_args.append("-mavx2")
+                # AVX2 and F16C (float16 conversions): no -mfma (and
+                # contraction is off anyway)
+                ext.extra_compile_args += ["-mavx2", "-mf16c"]
             if use_omp:
                 ext.extra_compile_args.append("-fopenmp")
                 ext.extra_link_args.append("-fopenmp")

@@ -19,6 +19,15 @@ FLOAT_DTYPES = tuple(np.dtype(n) for n in STORAGE)
 NAMES = " or ".join(STORAGE)        # for messages: "float32 or float64"
 
 
+_COMPUTE = {np.dtype(n): np.dtype(c) for n, (_, c) in STORAGE.items()}
+
+
 def compute_dtype(dtype):
-    """The dtype the kernels compute in for data of `dtype`."""
-    return np.dtype(STORAGE[np.dtype(dtype).name][1])
+    """The dtype the kernels compute in for data of `dtype` (a dict lookup:
+    this is on every call's path)."""
+    try:
+        return _COMPUTE[dtype]
+    except (KeyError, TypeError):
+        dt = np.dtype(dtype)
+        _COMPUTE[dt] = np.dtype(STORAGE[dt.name][1])
+        return _COMPUTE[dt]

@@ -35,8 +35,9 @@ cdef extern from "_omp_shim.h" nogil:
 cdef extern from *:
     """
     /* Which instruction set this copy of the kernels was compiled for (the
-     * same source is built twice: baseline x86-64 and -mavx2), and whether
-     * the CPU running it has AVX2 (CPUID, OS support of the YMM state). */
+     * same source is built twice: baseline x86-64 and -mavx2 -mf16c), and
+     * whether the CPU running it has AVX2 and F16C (CPUID, OS support of the
+     * YMM state): every AVX2 CPU made has F16C, the check is for safety. */
     #ifdef __AVX2__
     #define FN_ISA "avx2"
     #else
@@ -46,7 +47,7 @@ cdef extern from *:
     {
     #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2") != 0;
+        return __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("f16c") != 0;
     #else
         return 0;
     #endif
@@ -140,7 +141,8 @@ def isa():
 
 
 def cpu_has_avx2():
-    """True when the running CPU (and OS) supports AVX2."""
+    """True when the running CPU (and OS) supports AVX2 (and F16C, which the
+    AVX2 copy uses for float16)."""
     return bool(fn_cpu_has_avx2())
 
 

@@ -218,8 +218,9 @@ static inline void fn_dot_##SUF(const S *x, const S *dy, int64_t n, double m, \
     *sdyx += fn_hsum(b0 + b1) + tb;                                           \
 }
 
-/* --- elementwise passes and row loops, any compute type ------------------ */
-#define FN_ELEMENTWISE(S, SUF, T)                                             \
+/* --- elementwise passes, double compute: plain loops ------------------- */
+#define FN_ELEM_double(S, SUF) FN_ELEM_SCALAR(S, SUF, double)
+#define FN_ELEM_SCALAR(S, SUF, T)                                             \
 /* y = (x - c) * s + t: normalise + affine around a centre c close to the     \
  * mean, so that x - c cancels exactly and no large product is rounded;       \
  * c, s, t are rounded to T once */                                           \
@@ -262,9 +263,123 @@ static inline void fn_scale_##SUF(const S *dy, S *dx, int64_t n, double a_)   \
     T a = (T)a_;                                                              \
     for (int64_t i = 0; i < n; i++) dx[i] = fn_st_##SUF(a * fn_ld_##SUF(dy[i]));\
 }                                                                             \
-/* Row loops for small planes: element j of a row belongs to its own column,  \
- * with per-column accumulators (double) and coefficients (T).  These         \
- * vectorise across the contiguous row, whatever the plane length. */         \
+static inline void fn_raffine_##SUF(const S *x, S *y, const void *e_,         \
+                                    int64_t W, int64_t j0, int64_t n)         \
+{                                                                             \
+    const T *c = (const T *)e_ + j0, *s = c + W, *t = c + 2 * W;              \
+    for (int64_t j = 0; j < n; j++)                                           \
+        y[j] = fn_st_##SUF((fn_ld_##SUF(x[j]) - c[j]) * s[j] + t[j]);         \
+}                                                                             \
+static inline void fn_rbwd_##SUF(const S *x, const S *dy, S *dx,              \
+                                 const void *e_, int64_t W, int64_t j0,       \
+                                 int64_t n)                                   \
+{                                                                             \
+    const T *c = (const T *)e_ + j0, *a = c + W, *b = c + 2 * W, *k = c + 3 * W;\
+    for (int64_t j = 0; j < n; j++)                                           \
+        dx[j] = fn_st_##SUF(a[j] * fn_ld_##SUF(dy[j])                         \
+                            - b[j] * (fn_ld_##SUF(x[j]) - c[j]) - k[j]);      \
+}                                                                             \
+static inline void fn_rscale_##SUF(const S *dy, S *dx, const void *e_,        \
+                                   int64_t W, int64_t j0, int64_t n)          \
+{                                                                             \
+    const T *a = (const T *)e_ + W + j0;                                      \
+    for (int64_t j = 0; j < n; j++) dx[j] = fn_st_##SUF(a[j] * fn_ld_##SUF(dy[j]));\
+}
+
+/* --- elementwise passes, float compute: 8 lanes at a time --------------- */
+/* The per-element arithmetic of the scalar loops (so the same bits for
+ * float32), over float vectors, so that 16-bit storage converts 8 values at
+ * a time on load and on store. */
+#define FN_ELEM_float(S, SUF)                                                 \
+static inline void fn_affine_##SUF(const S *x, S *y, int64_t n,               \
+                                   double c_, double s_, double t_)           \
+{                                                                             \
+    float c = (float)c_, s = (float)s_, t = (float)t_;                        \
+    fn_v8f cv = {c, c, c, c, c, c, c, c}, sv = {s, s, s, s, s, s, s, s};      \
+    fn_v8f tv = {t, t, t, t, t, t, t, t};                                     \
+    int64_t i = 0;                                                            \
+    for (; i + 8 <= n; i += 8)                                                \
+        fn_st8f_##SUF(y + i, (fn_ld8f_##SUF(x + i) - cv) * sv + tv);          \
+    for (; i < n; i++) y[i] = fn_st_##SUF((fn_ld_##SUF(x[i]) - c) * s + t);   \
+}                                                                             \
+static inline void fn_bwd_##SUF(const S *x, const S *dy, S *dx, int64_t n,    \
+                                double c_, double a_, double b_, double k_)   \
+{                                                                             \
+    float c = (float)c_, a = (float)a_, b = (float)b_, k = (float)k_;         \
+    fn_v8f cv = {c, c, c, c, c, c, c, c}, av = {a, a, a, a, a, a, a, a};      \
+    fn_v8f bv = {b, b, b, b, b, b, b, b}, kv = {k, k, k, k, k, k, k, k};      \
+    int64_t i = 0;                                                            \
+    for (; i + 8 <= n; i += 8)                                                \
+        fn_st8f_##SUF(dx + i, av * fn_ld8f_##SUF(dy + i)                      \
+                      - bv * (fn_ld8f_##SUF(x + i) - cv) - kv);               \
+    for (; i < n; i++)                                                        \
+        dx[i] = fn_st_##SUF(a * fn_ld_##SUF(dy[i])                            \
+                            - b * (fn_ld_##SUF(x[i]) - c) - k);               \
+}                                                                             \
+/* fn_bwd, also prefetching px[0:n] and py[0:n] (what the calling thread      \
+ * reads next) while this run is served from cache */                         \
+static inline void fn_bwd_pf_##SUF(const S *x, const S *dy, S *dx, int64_t n, \
+                                   double c_, double a_, double b_,           \
+                                   double k_, const S *px, const S *py)       \
+{                                                                             \
+    const int64_t step = 64 / sizeof(S);                                      \
+    for (int64_t i0 = 0; i0 < n; i0 += step) {                                \
+        int64_t i1 = i0 + step < n ? i0 + step : n;                           \
+        __builtin_prefetch(px + i0, 0, 3);                                    \
+        __builtin_prefetch(py + i0, 0, 3);                                    \
+        fn_bwd_##SUF(x + i0, dy + i0, dx + i0, i1 - i0, c_, a_, b_, k_);      \
+    }                                                                         \
+}                                                                             \
+static inline void fn_scale_##SUF(const S *dy, S *dx, int64_t n, double a_)   \
+{                                                                             \
+    float a = (float)a_;                                                      \
+    fn_v8f av = {a, a, a, a, a, a, a, a};                                     \
+    int64_t i = 0;                                                            \
+    for (; i + 8 <= n; i += 8)                                                \
+        fn_st8f_##SUF(dx + i, av * fn_ld8f_##SUF(dy + i));                    \
+    for (; i < n; i++) dx[i] = fn_st_##SUF(a * fn_ld_##SUF(dy[i]));           \
+}                                                                             \
+static inline void fn_raffine_##SUF(const S *x, S *y, const void *e_,         \
+                                    int64_t W, int64_t j0, int64_t n)         \
+{                                                                             \
+    const float *c = (const float *)e_ + j0, *s = c + W, *t = c + 2 * W;      \
+    int64_t j = 0;                                                            \
+    for (; j + 8 <= n; j += 8)                                                \
+        fn_st8f_##SUF(y + j, (fn_ld8f_##SUF(x + j) - fn_load8_float(c + j))   \
+                      * fn_load8_float(s + j) + fn_load8_float(t + j));       \
+    for (; j < n; j++)                                                        \
+        y[j] = fn_st_##SUF((fn_ld_##SUF(x[j]) - c[j]) * s[j] + t[j]);         \
+}                                                                             \
+static inline void fn_rbwd_##SUF(const S *x, const S *dy, S *dx,              \
+                                 const void *e_, int64_t W, int64_t j0,       \
+                                 int64_t n)                                   \
+{                                                                             \
+    const float *c = (const float *)e_ + j0, *a = c + W, *b = c + 2 * W;      \
+    const float *k = c + 3 * W;                                               \
+    int64_t j = 0;                                                            \
+    for (; j + 8 <= n; j += 8)                                                \
+        fn_st8f_##SUF(dx + j, fn_load8_float(a + j) * fn_ld8f_##SUF(dy + j)   \
+                      - fn_load8_float(b + j) * (fn_ld8f_##SUF(x + j)         \
+                                                 - fn_load8_float(c + j))     \
+                      - fn_load8_float(k + j));                               \
+    for (; j < n; j++)                                                        \
+        dx[j] = fn_st_##SUF(a[j] * fn_ld_##SUF(dy[j])                         \
+                            - b[j] * (fn_ld_##SUF(x[j]) - c[j]) - k[j]);      \
+}                                                                             \
+static inline void fn_rscale_##SUF(const S *dy, S *dx, const void *e_,        \
+                                   int64_t W, int64_t j0, int64_t n)          \
+{                                                                             \
+    const float *a = (const float *)e_ + W + j0;                              \
+    int64_t j = 0;                                                            \
+    for (; j + 8 <= n; j += 8)                                                \
+        fn_st8f_##SUF(dx + j, fn_load8_float(a + j) * fn_ld8f_##SUF(dy + j)); \
+    for (; j < n; j++) dx[j] = fn_st_##SUF(a[j] * fn_ld_##SUF(dy[j]));        \
+}
+
+/* Row loops for small planes: element j of a row belongs to its own column,
+ * with per-column accumulators (double) and coefficients (T).  These
+ * vectorise across the contiguous row, whatever the plane length. */
+#define FN_ROWS(S, SUF, T)                                                    \
 static inline void fn_rsum_##SUF(const S *x, double *acc, int64_t n)          \
 {                                                                             \
     for (int64_t j = 0; j < n; j++) acc[j] += (double)fn_ld_##SUF(x[j]);      \
@@ -306,31 +421,10 @@ static inline void fn_expand4_##SUF(const S *tag, const double *k0,           \
             e[2 * W + j] = (T)k2[c];                                          \
             e[3 * W + j] = (T)k3[c];                                          \
         }                                                                     \
-}                                                                             \
-static inline void fn_raffine_##SUF(const S *x, S *y, const void *e_,         \
-                                    int64_t W, int64_t j0, int64_t n)         \
-{                                                                             \
-    const T *c = (const T *)e_ + j0, *s = c + W, *t = c + 2 * W;              \
-    for (int64_t j = 0; j < n; j++)                                           \
-        y[j] = fn_st_##SUF((fn_ld_##SUF(x[j]) - c[j]) * s[j] + t[j]);         \
-}                                                                             \
-static inline void fn_rbwd_##SUF(const S *x, const S *dy, S *dx,              \
-                                 const void *e_, int64_t W, int64_t j0,       \
-                                 int64_t n)                                   \
-{                                                                             \
-    const T *c = (const T *)e_ + j0, *a = c + W, *b = c + 2 * W, *k = c + 3 * W;\
-    for (int64_t j = 0; j < n; j++)                                           \
-        dx[j] = fn_st_##SUF(a[j] * fn_ld_##SUF(dy[j])                         \
-                            - b[j] * (fn_ld_##SUF(x[j]) - c[j]) - k[j]);      \
-}                                                                             \
-static inline void fn_rscale_##SUF(const S *dy, S *dx, const void *e_,        \
-                                   int64_t W, int64_t j0, int64_t n)          \
-{                                                                             \
-    const T *a = (const T *)e_ + W + j0;                                      \
-    for (int64_t j = 0; j < n; j++) dx[j] = fn_st_##SUF(a[j] * fn_ld_##SUF(dy[j]));\
 }
 
-#define FN_INST_CHANNELS(a, S, SUF, T) FN_STATS_##T(S, SUF) FN_ELEMENTWISE(S, SUF, T)
+#define FN_INST_CHANNELS(a, S, SUF, T) \
+    FN_STATS_##T(S, SUF) FN_ELEM_##T(S, SUF) FN_ROWS(S, SUF, T)
 FN_STORAGE_TYPES(FN_INST_CHANNELS, _)
 
 #define fn_sum(x, n) FN_PICK(fn_sum, x)(x, n)

@@ -16,7 +16,8 @@
 #define FASTNORM_LOOPS_SLICES_H
 #include "_storage.h"
 
-#define FN_LAYER(S, SUF, T)                                                   \
+#define FN_LAYER_double(S, SUF) FN_LAYER_SCALAR(S, SUF, double)
+#define FN_LAYER_SCALAR(S, SUF, T)                                            \
 /* y = ((x - c) * s + t) * w + b (b may be NULL) */                           \
 static inline void fn_lnaff_##SUF(const S *x, S *y, int64_t n, double c_,     \
                                   double s_, double t_, const void *w_,       \
@@ -41,7 +42,52 @@ static inline void fn_lnbwd_##SUF(const S *x, const S *dy, S *dx, int64_t n,  \
     for (int64_t j = 0; j < n; j++)                                           \
         dx[j] = fn_st_##SUF(a * w[j] * fn_ld_##SUF(dy[j])                     \
                             - q * (fn_ld_##SUF(x[j]) - c) - k);               \
+}
+
+
+/* float compute: the same arithmetic over 8-lane float vectors */
+#define FN_LAYER_float(S, SUF)                                                \
+static inline void fn_lnaff_##SUF(const S *x, S *y, int64_t n, double c_,     \
+                                  double s_, double t_, const void *w_,       \
+                                  const void *b_)                             \
+{                                                                             \
+    float c = (float)c_, s = (float)s_, t = (float)t_;                        \
+    fn_v8f cv = {c, c, c, c, c, c, c, c}, sv = {s, s, s, s, s, s, s, s};      \
+    fn_v8f tv = {t, t, t, t, t, t, t, t};                                     \
+    const float *w = (const float *)w_, *b = (const float *)b_;               \
+    int64_t j = 0;                                                            \
+    if (b) {                                                                  \
+        for (; j + 8 <= n; j += 8)                                            \
+            fn_st8f_##SUF(y + j, ((fn_ld8f_##SUF(x + j) - cv) * sv + tv)      \
+                          * fn_load8_float(w + j) + fn_load8_float(b + j));   \
+        for (; j < n; j++)                                                    \
+            y[j] = fn_st_##SUF(((fn_ld_##SUF(x[j]) - c) * s + t) * w[j] + b[j]);\
+    } else {                                                                  \
+        for (; j + 8 <= n; j += 8)                                            \
+            fn_st8f_##SUF(y + j, ((fn_ld8f_##SUF(x + j) - cv) * sv + tv)      \
+                          * fn_load8_float(w + j));                           \
+        for (; j < n; j++)                                                    \
+            y[j] = fn_st_##SUF(((fn_ld_##SUF(x[j]) - c) * s + t) * w[j]);     \
+    }                                                                         \
 }                                                                             \
+static inline void fn_lnbwd_##SUF(const S *x, const S *dy, S *dx, int64_t n,  \
+                                  const void *w_, double c_, double a_,       \
+                                  double q_, double k_)                       \
+{                                                                             \
+    float c = (float)c_, a = (float)a_, q = (float)q_, k = (float)k_;         \
+    fn_v8f cv = {c, c, c, c, c, c, c, c}, av = {a, a, a, a, a, a, a, a};      \
+    fn_v8f qv = {q, q, q, q, q, q, q, q}, kv = {k, k, k, k, k, k, k, k};      \
+    const float *w = (const float *)w_;                                       \
+    int64_t j = 0;                                                            \
+    for (; j + 8 <= n; j += 8)                                                \
+        fn_st8f_##SUF(dx + j, av * fn_load8_float(w + j) * fn_ld8f_##SUF(dy + j)\
+                      - qv * (fn_ld8f_##SUF(x + j) - cv) - kv);               \
+    for (; j < n; j++)                                                        \
+        dx[j] = fn_st_##SUF(a * w[j] * fn_ld_##SUF(dy[j])                     \
+                            - q * (fn_ld_##SUF(x[j]) - c) - k);               \
+}
+
+#define FN_LNSUMS(S, SUF, T)                                                  \
 /* One row piece of the backward sums, in float64, with d = x - m:            \
  * *A += sum(dy * w), *B += sum(dy * w * d)          (row sums)               \
  * c1[j] += dy, c2[j] += dy * d * inv                (column sums) */         \
@@ -143,7 +189,14 @@ static inline void fn_lnrow_##SUF(const S *x, const S *dy, S *dx,             \
     }                                                                         \
     float q = (float)(inv * B / (double)n);                                   \
     float k = rms ? 0.0f : (float)(inv * A / (double)n);                      \
-    for (int64_t j = 0; j < n; j++) {                                         \
+    fn_v8f qv = {q, q, q, q, q, q, q, q}, kv = {k, k, k, k, k, k, k, k};      \
+    int64_t j = 0;                                                            \
+    for (; j + 8 <= n; j += 8) {                                              \
+        fn_v8f xh = ((fn_ld8f_##SUF(x + j) - mv) - dv) * ivv;                 \
+        fn_st8f_##SUF(dx + j, ivv * fn_load8_float(w + j) * fn_ld8f_##SUF(dy + j)\
+                      - qv * xh - kv);                                        \
+    }                                                                         \
+    for (; j < n; j++) {                                                      \
         float xh = ((fn_ld_##SUF(x[j]) - mf) - df) * iv;                      \
         dx[j] = fn_st_##SUF(iv * w[j] * fn_ld_##SUF(dy[j]) - q * xh - k);     \
     }                                                                         \
@@ -227,7 +280,8 @@ static inline void fn_rowsbwd_##SUF(const S *x, const S *dy, S *dx, int64_t D,\
     }                                                                         \
 }
 
-#define FN_INST_SLICES(a, S, SUF, T) FN_LAYER(S, SUF, T) FN_ROWSBWD_##T(S, SUF)
+#define FN_INST_SLICES(a, S, SUF, T) \
+    FN_LAYER_##T(S, SUF) FN_LNSUMS(S, SUF, T) FN_ROWSBWD_##T(S, SUF)
 FN_STORAGE_TYPES(FN_INST_SLICES, _)
 
 #define fn_lnaff(x, y, n, c, s, t, w, b) FN_PICK(fn_lnaff, x)(x, y, n, c, s, t, w, b)

@@ -28,10 +28,19 @@
 #include <immintrin.h>
 #endif
 
+/* The 16-bit storage types are their bits: bfloat16 (ml_dtypes.bfloat16)
+ * as uint16_t, IEEE half (numpy.float16) as int16_t, a signed type only so
+ * that the two are distinct C types (_Generic, Cython's fused dispatch on
+ * the buffer formats 'H' and 'h'). */
+typedef uint16_t fn_bf16;
+typedef int16_t fn_f16;
+
 /* X(a, S, SUF, T): storage type S, its name suffix, its compute type */
-#define FN_STORAGE_TYPES(X, a) \
-    X(a, float, f32, float)    \
-    X(a, double, f64, double)
+#define FN_STORAGE_TYPES(X, a)   \
+    X(a, float, f32, float)      \
+    X(a, double, f64, double)    \
+    X(a, fn_bf16, bf16, float)   \
+    X(a, fn_f16, f16, float)
 
 /* the suffixes, for introspection (kernels.storage_types()) */
 #define FN_STORAGE_NAME(a, S, SUF, T) #SUF " "
@@ -103,16 +112,135 @@ static inline float fn_std_f32(double v) { return (float)v; }
 static inline fn_v4d fn_ld4d_f32(const float *p) { return fn_load4_float(p); }
 static inline fn_v8f fn_ld8f_f32(const float *p) { return fn_load8_float(p); }
 
+static inline void fn_st8f_f32(float *p, fn_v8f v) { __builtin_memcpy(p, &v, sizeof v); }
+
 static inline double fn_ld_f64(double v) { return v; }
 static inline double fn_st_f64(double v) { return v; }
 static inline double fn_std_f64(double v) { return v; }
 static inline fn_v4d fn_ld4d_f64(const double *p) { return fn_load4_double(p); }
 
+/* --- 16-bit storage: float32 arithmetic, one rounding on store ----------
+ * Every conversion is exact on load and rounds to nearest even on store,
+ * with integer operations (and, for the half subnormals, one float32
+ * addition that rounds exactly as wanted), so that the baseline copy and
+ * the AVX2 copy, which uses F16C for float16, give the same bits.  NaNs
+ * stay NaN (quieted); their sign and payload are unspecified.  Nothing
+ * depends on the FTZ/DAZ modes: no subnormal float32 is ever an operand. */
+typedef uint16_t fn_v8u16 __attribute__((vector_size(16)));
+typedef uint32_t fn_v8u32 __attribute__((vector_size(32)));
+typedef int32_t fn_v8i32 __attribute__((vector_size(32)));
+
+static inline float fn_bits_f(uint32_t u) { float f; __builtin_memcpy(&f, &u, 4); return f; }
+static inline uint32_t fn_f_bits(float f) { uint32_t u; __builtin_memcpy(&u, &f, 4); return u; }
+
+/* a double rounded to float32 by round-to-odd: truncation, with the last bit
+ * set when inexact; rounding that to a 16-bit type (RNE) is then the one
+ * correct rounding of the double (24 bits keep 2 more than either needs) */
+static inline float fn_d2f_odd(double d)
+{
+    float f = (float)d;
+    if (__builtin_isnan(d) || (double)f == d)
+        return f;
+    uint32_t u = fn_f_bits(f);
+    if (__builtin_fabs((double)f) > __builtin_fabs(d))
+        u -= 1;                         /* rounded away from zero: step back */
+    return fn_bits_f(u | 1u);
+}
+
+/* bfloat16: the high half of a float32 */
+static inline float fn_ld_bf16(fn_bf16 v) { return fn_bits_f((uint32_t)v << 16); }
+static inline fn_bf16 fn_st_bf16(float f)
+{
+    uint32_t u = fn_f_bits(f);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (fn_bf16)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r);
+}
+static inline fn_bf16 fn_std_bf16(double v) { return fn_st_bf16(fn_d2f_odd(v)); }
+static inline fn_v8f fn_ld8f_bf16(const fn_bf16 *p)
+{
+    fn_v8u16 h;
+    __builtin_memcpy(&h, p, sizeof h);
+    fn_v8u32 w = __builtin_convertvector(h, fn_v8u32) << 16;
+    fn_v8f f;
+    __builtin_memcpy(&f, &w, sizeof f);
+    return f;
+}
+static inline void fn_st8f_bf16(fn_bf16 *p, fn_v8f v)
+{
+    fn_v8u32 u, r, q, nan;
+    __builtin_memcpy(&u, &v, sizeof u);
+    r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    q = (u >> 16) | 0x40u;
+    nan = (fn_v8u32)((u & 0x7fffffffu) > 0x7f800000u);
+    fn_v8u16 h = __builtin_convertvector((nan & q) | (~nan & r), fn_v8u16);
+    __builtin_memcpy(p, &h, sizeof h);
+}
+static inline fn_v4d fn_ld4d_bf16(const fn_bf16 *p)
+{
+    fn_v4d d = {fn_ld_bf16(p[0]), fn_ld_bf16(p[1]), fn_ld_bf16(p[2]), fn_ld_bf16(p[3])};
+    return d;
+}
+
+/* IEEE half (float16); F16C in a build that has it (the AVX2 copy) */
+#if defined(__F16C__)
+static inline float fn_ld_f16(fn_f16 v) { return _cvtsh_ss((unsigned short)v); }
+static inline fn_f16 fn_st_f16(float f) { return (fn_f16)_cvtss_sh(f, 0); }
+static inline fn_v8f fn_ld8f_f16(const fn_f16 *p)
+{
+    return (fn_v8f)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+static inline void fn_st8f_f16(fn_f16 *p, fn_v8f v)
+{
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph((__m256)v, 0));
+}
+#else
+static inline float fn_ld_f16(fn_f16 v)
+{
+    uint32_t h = (uint16_t)v, em = h & 0x7fffu, u;
+    if (em >= 0x7c00u)
+        u = 0x7f800000u | ((em & 0x3ffu) << 13);            /* inf, NaN */
+    else if (em >= 0x0400u)
+        u = (em << 13) + 0x38000000u;                        /* normal: rebias */
+    else
+        u = fn_f_bits((float)(int32_t)em * 0x1p-24f);        /* subnormal, 0: exact */
+    return fn_bits_f(u | ((h & 0x8000u) << 16));
+}
+static inline fn_f16 fn_st_f16(float f)
+{
+    uint32_t u = fn_f_bits(f), sign = (u >> 16) & 0x8000u, h;
+    u &= 0x7fffffffu;
+    if (u >= 0x47800000u)                       /* 2^16 and up: inf, or NaN */
+        h = u > 0x7f800000u ? 0x7e00u | ((u >> 13) & 0x3ffu) : 0x7c00u;
+    else if (u < 0x38800000u)                   /* below 2^-14: subnormal or 0 */
+        h = fn_f_bits(fn_bits_f(u) + 0.5f) - 0x3f000000u;   /* RNE by the addition */
+    else                                        /* normal: RNE on the integer */
+        h = (u + 0xc8000fffu + ((u >> 13) & 1u)) >> 13;
+    return (fn_f16)(h | sign);
+}
+static inline fn_v8f fn_ld8f_f16(const fn_f16 *p)
+{
+    fn_v8f f;
+    for (int j = 0; j < 8; j++) f[j] = fn_ld_f16(p[j]);
+    return f;
+}
+static inline void fn_st8f_f16(fn_f16 *p, fn_v8f v)
+{
+    for (int j = 0; j < 8; j++) p[j] = fn_st_f16(v[j]);
+}
+#endif
+static inline fn_f16 fn_std_f16(double v) { return fn_st_f16(fn_d2f_odd(v)); }
+static inline fn_v4d fn_ld4d_f16(const fn_f16 *p)
+{
+    fn_v4d d = {fn_ld_f16(p[0]), fn_ld_f16(p[1]), fn_ld_f16(p[2]), fn_ld_f16(p[3])};
+    return d;
+}
+
 /* Generic accessors, by the pointer's storage type:
  *   fn_at(p, i)        p[i] as a double (exact)
  *   fn_centre(p, m)    m rounded to p's compute type, as a double: the centre
  *                      c of (x - c) * s + t, so that x - c cancels exactly
- *   fn_wat(p, w, i)    w[i] of a weight array in p's compute type, as a double */
+ *   fn_wat(p, w, i)    w[i] of a weight array in p's compute type, as a double
+ *   fn_csize(p)        bytes of p's compute type (weights are given in it) */
 #define FN_ACCESSORS(a, S, SUF, T)                                            \
 static inline double fn_at_##SUF(const S *p, int64_t i)                       \
 {                                                                             \
@@ -127,11 +255,17 @@ static inline double fn_wat_##SUF(const S *p, const void *w, int64_t i)       \
 {                                                                             \
     (void)p;                                                                  \
     return (double)((const T *)w)[i];                                         \
+}                                                                             \
+static inline int64_t fn_csize_##SUF(const S *p)                              \
+{                                                                             \
+    (void)p;                                                                  \
+    return (int64_t)sizeof(T);                                                \
 }
 FN_STORAGE_TYPES(FN_ACCESSORS, _)
 #define fn_at(p, i) FN_PICK(fn_at, p)(p, i)
 #define fn_centre(p, m) FN_PICK(fn_centre, p)(p, m)
 #define fn_wat(p, w, i) FN_PICK(fn_wat, p)(p, w, i)
+#define fn_csize(p) FN_PICK(fn_csize, p)(p)
 
 /* Streaming (non-temporal) stores of a tile computed in L1: the output
  * line is written without first being read into the cache (a third less
@@ -174,6 +308,29 @@ static inline void fn_stream_f64(double *dst, const double *src, int64_t n)
 #else
     memcpy(dst, src, (size_t)n * sizeof(double));
 #endif
+}
+static inline void fn_stream_u16(uint16_t *dst, const uint16_t *src, int64_t n)
+{
+#if defined(__SSE2__)
+    int64_t i = 0;
+    while (i < n && ((uintptr_t)(dst + i) & 15)) {
+        dst[i] = src[i];
+        i++;
+    }
+    for (; i + 8 <= n; i += 8)
+        _mm_stream_si128((__m128i *)(dst + i), _mm_loadu_si128((const __m128i *)(src + i)));
+    for (; i < n; i++) dst[i] = src[i];
+#else
+    memcpy(dst, src, (size_t)n * sizeof(uint16_t));
+#endif
+}
+static inline void fn_stream_bf16(fn_bf16 *dst, const fn_bf16 *src, int64_t n)
+{
+    fn_stream_u16(dst, src, n);
+}
+static inline void fn_stream_f16(fn_f16 *dst, const fn_f16 *src, int64_t n)
+{
+    fn_stream_u16((uint16_t *)dst, (const uint16_t *)src, n);
 }
 #define fn_stream(dst, src, n) FN_PICK(fn_stream, dst)(dst, src, n)
 
