@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _checks as ck
 from . import _pool
+from ._dtypes import kernel_view as kv
 from ._native import kernels as _kernels
 
 
@@ -82,12 +83,12 @@ def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
     if bias is not None:
         shift += bias
     if x3.size:
-        _kernels.batch_affine(x3, y3, center, scale, shift)
+        _kernels.batch_affine(kv(x3), kv(y3), center, scale, shift)
     if batch_stats and update and running_mean is not None:
         f = momentum if momentum is not None else 1.0 / nbt
         unbiased = var * (count / (count - 1))
-        running_mean[...] = (1.0 - f) * running_mean + f * mean
-        running_var[...] = (1.0 - f) * running_var + f * unbiased
+        ck.blend(running_mean, f, f * mean)
+        ck.blend(running_var, f, f * unbiased)
     overwritten = out is not None and np.may_share_memory(out, x3)
     return y, Saved(x3, x.shape, mean, invstd, batch_stats, overwritten)
 
@@ -110,7 +111,7 @@ def statistics(where, x3, shape, running_mean, running_var, batch_stats, eps):
             )
         mean = np.empty(x3.shape[1])
         var = np.empty(x3.shape[1])
-        _kernels.batch_stats(x3, mean, var)
+        _kernels.batch_stats(kv(x3), mean, var)
     else:
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
@@ -140,7 +141,7 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias, grad_inp
     if dx is None:
         dx = _pool.empty(saved.shape, dt)
     if g.size == 0 and reduce is None:
-        z = np.zeros(C, dtype=dt)
+        z = np.zeros(C, dtype=weight.dtype if weight is not None else dt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)
     g3 = ck.as_ncl(g)
     dx3 = dx.reshape(x3.shape)
@@ -149,7 +150,7 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias, grad_inp
     sum_dyx = np.zeros(C)
     count = x3.shape[0] * x3.shape[2]
     if g.size:
-        _kernels.batch_bwd_sums(x3, g3, saved.mean, sum_dy, sum_dyx)
+        _kernels.batch_bwd_sums(kv(x3), kv(g3), saved.mean, sum_dy, sum_dyx)
     if reduce is not None:
         sum_dy, sum_dyx, count = reduce(sum_dy, sum_dyx, count)
 
@@ -162,10 +163,11 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias, grad_inp
         # dx = a*dy - b*(x - mean) - k, with x - mean = (x - center) + (center - mean)
         center, term = ck.centered(saved.mean, dt, b)
         k = k + term
-        _kernels.batch_bwd_input(x3, g3, dx3, center, a, b, k)
+        _kernels.batch_bwd_input(kv(x3), kv(g3), kv(dx3), center, a, b, k)
     else:
-        _kernels.batch_scale(g3, dx3, a)
+        _kernels.batch_scale(kv(g3), kv(dx3), a)
 
-    gw = (sum_dyx * saved.invstd).astype(dt) if need_weight else None
-    gb = sum_dy.astype(dt) if need_bias else None
+    pdt = weight.dtype if weight is not None else dt     # gradients: the parameters' dtype
+    gw = (sum_dyx * saved.invstd).astype(pdt) if need_weight else None
+    gb = sum_dy.astype(pdt) if need_bias else None
     return dx, gw, gb

@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from ._dtypes import FLOAT_DTYPES, NAMES, compute_dtype
+from ._dtypes import NAMES, as_dtype, compute_dtype, param_dtypes, storage_name
 
 # Slices (rows, groups) of at most this many bytes take the one-pass slice
 # kernels: the slice, and for the backward its gradient, stay in L2 between
@@ -27,10 +27,10 @@ def shape_str(shape):
 def float_dtype(dtype, where):
     """The storage dtype named by `dtype` (a layer's dtype= keyword)."""
     try:
-        dt = np.dtype(dtype)
+        dt = as_dtype(dtype)
     except TypeError as e:
         raise TypeError(f"{where}: dtype must be {NAMES}, got {dtype!r}") from e
-    if dt not in FLOAT_DTYPES:
+    if storage_name(dt) is None:
         raise TypeError(f"{where}: dtype must be {NAMES}, got {dt}")
     return dt
 
@@ -49,10 +49,10 @@ def as_float_array(a, name, where):
         except Exception:
             a = _tensor_to_numpy(a, name, where)
     dt = a.dtype
-    if dt.kind == "f" and not dt.isnative and dt.newbyteorder("=") in FLOAT_DTYPES:
+    if dt.kind == "f" and not dt.isnative and storage_name(dt.newbyteorder("=")):
         a = a.astype(dt.newbyteorder("="))
         dt = a.dtype
-    if dt not in FLOAT_DTYPES:
+    if storage_name(dt) is None:
         raise TypeError(
             f"{where}: expected {name} of dtype {NAMES}, got {dt}; "
             f"convert it explicitly, e.g. {name}.astype(np.float32)"
@@ -61,22 +61,45 @@ def as_float_array(a, name, where):
 
 
 def _tensor_to_numpy(t, name, where):
-    # A PyTorch tensor that requires grad refuses np.asarray.
+    # A PyTorch tensor that requires grad refuses np.asarray, and one of
+    # torch.bfloat16 has no NumPy dtype: its bits become ml_dtypes.bfloat16.
     detach = getattr(t, "detach", None)
     if detach is not None:
         try:
-            return np.asarray(detach().cpu().numpy())
+            t = detach().cpu()
+            if str(getattr(t, "dtype", "")) == "torch.bfloat16":
+                import torch
+                from ._dtypes import bfloat16
+                return t.view(torch.int16).numpy().view(bfloat16())
+            return np.asarray(t.numpy())
+        except ImportError:
+            raise
         except Exception:
             pass
     raise TypeError(f"{where}: {name} must be an array, got {type(t).__name__}")
 
 
 def check_dtype_match(a, dtype, name, where):
-    if a.dtype != dtype:
+    """A parameter or running statistic of a dtype allowed for input of
+    `dtype`: the same, or float32 for 16-bit input (mixed)."""
+    if a.dtype not in param_dtypes(dtype):
+        mixed = " (or float32, for 16-bit input)" if dtype.itemsize == 2 else ""
         raise TypeError(
             f"{where}: {name} has dtype {a.dtype} but the input has dtype {dtype}; "
-            "parameters and input must have the same dtype"
+            f"parameters and input must have the same dtype{mixed}"
         )
+
+
+def same_dtype(where, **arrays):
+    """The one dtype of the given parameter arrays (None entries skipped), or
+    None when none is given; parameters of different dtypes are refused."""
+    given = {k: v.dtype for k, v in arrays.items() if v is not None}
+    dts = set(given.values())
+    if len(dts) > 1:
+        what = ", ".join(f"{k} {v}" for k, v in given.items())
+        raise TypeError(f"{where}: parameters and running statistics must share one "
+                        f"dtype, got {what}")
+    return dts.pop() if dts else None
 
 
 def param(a, name, C, dtype, where):
@@ -109,8 +132,9 @@ def buffer(a, name, C, dtype, where, writable):
             f"{where}: expected {name} of shape ({C},) for an input with {C} "
             f"channels, got shape {shape_str(a.shape)}"
         )
-    if a.dtype != dtype and not (a.dtype.kind == "f" and a.dtype.newbyteorder("=") == dtype):
-        if a.dtype not in FLOAT_DTYPES:
+    native = a.dtype.newbyteorder("=") if a.dtype.kind == "f" else a.dtype
+    if native not in param_dtypes(dtype):
+        if storage_name(native) is None:
             raise TypeError(f"{where}: expected {name} of dtype {dtype}, got {a.dtype}")
         check_dtype_match(a, dtype, name, where)
     if writable and not a.flags.writeable:
@@ -185,7 +209,10 @@ def grad_output(g, shape, dtype, where):
             f"{where}: grad_output has shape {shape_str(g.shape)}, expected "
             f"{shape_str(shape)} (the shape of the forward input)"
         )
-    check_dtype_match(g, dtype, "grad_output", where)
+    if g.dtype != dtype:
+        raise TypeError(
+            f"{where}: grad_output has dtype {g.dtype} but the input has dtype {dtype}; "
+            "they must have the same dtype")
     return g
 
 
@@ -272,4 +299,26 @@ def unit_weight(D, dtype):
     w = np.ones(D, compute_dtype(dtype))
     w.flags.writeable = False
     return w
+
+
+def kernel_param(a, data_dtype):
+    """A parameter array for the kernels: None, or its values in the compute
+    type of data_dtype, C-contiguous, as bytes (the kernels' weights are raw
+    buffers of the compute type; a copy only for 16-bit parameters)."""
+    if a is None:
+        return None
+    c = compute_dtype(data_dtype)
+    if a.dtype != c or not (a.flags.c_contiguous and a.flags.aligned):
+        a = np.ascontiguousarray(a, dtype=c)
+    return a.reshape(-1).view(np.uint8)
+
+
+def blend(buf, f, step):
+    """buf = (1 - f) * buf + step, in place, step being f * (the new value):
+    a running statistic's update.  16-bit statistics are updated in float64
+    and rounded once; float32 and float64 ones as they always were."""
+    if buf.dtype.itemsize == 2:
+        buf[...] = (1.0 - f) * buf.astype(np.float64) + step
+    else:
+        buf[...] = (1.0 - f) * buf + step
 

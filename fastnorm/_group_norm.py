@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _checks as ck
 from . import _pool
+from ._dtypes import kernel_view as kv
 from ._native import kernels as _kernels
 
 
@@ -36,9 +37,9 @@ def statistics(x3, groups, eps):
     var = np.empty(N * groups)
     if ck.fused(D, x3.dtype):
         invstd = np.empty(N * groups)
-        _kernels.slice_stats(x3.reshape(N * groups, D), eps, False, mean, var, invstd)
+        _kernels.slice_stats(kv(x3.reshape(N * groups, D)), eps, False, mean, var, invstd)
         return mean, var, invstd
-    _kernels.batch_stats(x3.reshape(1, N * groups, D), mean, var)
+    _kernels.batch_stats(kv(x3.reshape(1, N * groups, D)), mean, var)
     return mean, var, 1.0 / np.sqrt(var + eps)
 
 
@@ -55,8 +56,9 @@ def forward_slices(x3, y3, groups, weight, bias, eps):
         return mean, var, invstd
     R = N * groups
     mean, var, invstd = np.empty(R), np.empty(R), np.empty(R)
-    _kernels.groups_forward(x3.reshape(R, D), y3.reshape(R, D), groups, C // groups,
-                            eps, weight, bias, mean, var, invstd)
+    _kernels.groups_forward(kv(x3.reshape(R, D)), kv(y3.reshape(R, D)), groups, C // groups,
+                            eps, ck.kernel_param(weight, dt), ck.kernel_param(bias, dt),
+                            mean, var, invstd)
     return mean, var, invstd
 
 
@@ -72,7 +74,7 @@ def normalise(x3, y3, groups, mean, invstd, weight, bias):
     center, shift = ck.centered(mean_nc, dt, scale)
     if bias is not None:
         shift += np.tile(bias, N)
-    _kernels.batch_affine(x3.reshape(1, N * C, L), y3.reshape(1, N * C, L),
+    _kernels.batch_affine(kv(x3.reshape(1, N * C, L)), kv(y3.reshape(1, N * C, L)),
                           center, scale, shift)
 
 
@@ -90,20 +92,21 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
         weight = ck.for_kernel(ck.param(weight, "weight", C, dt, where))
     dx = _pool.empty(saved.shape, dt)
     if g.size == 0:
-        z = np.zeros(C, dtype=dt)
+        z = np.zeros(C, dtype=weight.dtype if weight is not None else dt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)
     g3 = ck.for_kernel(g).reshape(1, N * C, L)
     inv_nc = np.repeat(saved.invstd, cg)
     s1 = np.empty(N * C)    # sum of dy per (n, c)
     s2 = np.empty(N * C)    # sum of dy * (x - mean) per (n, c)
     if ck.fused(cg * L, dt):
-        _kernels.groups_backward(x3.reshape(N * G, cg * L), g3.reshape(N * G, cg * L),
-                                 dx.reshape(N * G, cg * L), G, cg, weight, saved.mean,
-                                 saved.invstd, s1, s2)
+        _kernels.groups_backward(kv(x3.reshape(N * G, cg * L)), kv(g3.reshape(N * G, cg * L)),
+                                 kv(dx.reshape(N * G, cg * L)), G, cg,
+                                 ck.kernel_param(weight, dt), saved.mean, saved.invstd, s1, s2)
     else:
         _backward_two_pass(x3, g3, dx, saved, weight, inv_nc, s1, s2)
-    gw = (inv_nc * s2).reshape(N, C).sum(axis=0).astype(dt) if need_weight else None
-    gb = s1.reshape(N, C).sum(axis=0).astype(dt) if need_bias else None
+    pdt = weight.dtype if weight is not None else dt     # gradients: the parameters' dtype
+    gw = (inv_nc * s2).reshape(N, C).sum(axis=0).astype(pdt) if need_weight else None
+    gb = s1.reshape(N, C).sum(axis=0).astype(pdt) if need_bias else None
     return dx, gw, gb
 
 
@@ -115,7 +118,7 @@ def _backward_two_pass(x3, g3, dx, saved, weight, inv_nc, s1, s2):
     dt = x3.dtype
     xf = x3.reshape(1, N * C, L)
     mean_nc = np.repeat(saved.mean, cg)
-    _kernels.batch_bwd_sums(xf, g3, mean_nc, s1, s2)
+    _kernels.batch_bwd_sums(kv(xf), kv(g3), mean_nc, s1, s2)
 
     w_nc = np.tile(weight.astype(np.float64), N) if weight is not None else np.ones(N * C)
     m = cg * L
@@ -126,7 +129,7 @@ def _backward_two_pass(x3, g3, dx, saved, weight, inv_nc, s1, s2):
     k = np.repeat(saved.invstd * sum_dxhat / m, cg)
     center, term = ck.centered(mean_nc, dt, b)
     k += term
-    _kernels.batch_bwd_input(xf, g3, dx.reshape(1, N * C, L), center, a, b, k)
+    _kernels.batch_bwd_input(kv(xf), kv(g3), kv(dx.reshape(1, N * C, L)), center, a, b, k)
 
 
 def _prepare(where, x, C, weight, bias, eps, out):
@@ -189,8 +192,8 @@ def instance_forward(where, x, running_mean, running_var, weight, bias,
         f = momentum if momentum is not None else 1.0 / nbt
         batch_mean = mean.reshape(N, C).mean(axis=0)
         batch_var = (var * (L / (L - 1))).reshape(N, C).mean(axis=0)
-        running_mean[...] = (1.0 - f) * running_mean + f * batch_mean
-        running_var[...] = (1.0 - f) * running_var + f * batch_var
+        ck.blend(running_mean, f, f * batch_mean)
+        ck.blend(running_var, f, f * batch_var)
     return y, SavedGroups(x3, x.shape, C, mean, invstd,
                           out is not None and np.may_share_memory(out, x3))
 

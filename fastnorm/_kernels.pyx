@@ -64,16 +64,27 @@ from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer)
 
 # The storage types of the kernels, in Cython: the typed memoryviews of the
-# public kernels dispatch on the buffer's format ('f', 'd').
+# public kernels dispatch on the buffer's format ('f', 'd', and for the
+# 16-bit types their bits: 'H' bfloat16, 'h' float16; the Python layer
+# passes such a view, fastnorm/_dtypes.kernel_view).  Weights and biases are
+# raw bytes of the compute type (`const unsigned char[::1]`, checked for
+# length): one specialisation per storage type.
+cdef extern from "_storage.h" nogil:
+    ctypedef unsigned short fn_bf16
+    ctypedef short fn_f16
+
 ctypedef fused storage:
     float
     double
+    fn_bf16
+    fn_f16
 
 cdef extern from "_storage.h" nogil:
     const char *FN_STORAGE_NAMES
     double fn_at(const void *p, int64_t i)
     double fn_centre(const void *p, double m)
     double fn_wat(const void *p, const void *w, int64_t i)
+    int64_t fn_csize(const void *p)
     void fn_stream(void *dst, const void *src, int64_t n)
     void fn_stream_fence()
     void fn_prefetch(const void *p)

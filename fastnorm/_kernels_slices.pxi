@@ -42,10 +42,23 @@ cdef extern from "_loops_slices.h" nogil:
                     double *c2)
 
 
-cdef inline const void *ptr_or_null(const storage[::1] a) noexcept:
-    """Address of a 1-D parameter array, or NULL for None."""
+cdef inline const void *wofs(const storage *x, const void *w, int64_t j) noexcept nogil:
+    """w + j values of x's compute type (weights are not in the storage
+    type), or NULL for NULL."""
+    if w == NULL:
+        return NULL
+    return <const char *>w + j * fn_csize(x)
+
+
+cdef inline const void *param_ptr(const unsigned char[::1] a, int64_t n,
+                                  int64_t csize) except? NULL:
+    """Address of a parameter given as the bytes of n values of the compute
+    type (csize bytes each), or NULL for None."""
     if a is None:
         return NULL
+    if a.shape[0] != n * csize:
+        raise ValueError(f"kernel: a parameter of {a.shape[0]} bytes, expected {n} "
+                         f"values of {csize} bytes")
     return &a[0]
 
 
@@ -67,17 +80,17 @@ cdef inline void layer_item(int op, const storage *x, const storage *dy,
     if ln > UNIT:
         ln = UNIT
     if op == OP_AFFINE:
-        fn_lnaff(x + off, out + off, ln, k0[r], k1[r], k2[r],
-                 <const storage *>w + j0, <const storage *>b + j0)
+        fn_lnaff(x + off, out + off, ln, k0[r], k1[r], k2[r], wofs(x, w, j0),
+                 wofs(x, b, j0))
     else:
-        fn_lnbwd(x + off, dy + off, out + off, ln, <const storage *>w + j0, k0[r],
-                 k1[r], k2[r], k3[r])
+        fn_lnbwd(x + off, dy + off, out + off, ln, wofs(x, w, j0), k0[r], k1[r],
+                 k2[r], k3[r])
 
 
 def layer_affine(const storage[:, ::1] x, storage[:, ::1] out,
                  const double[::1] center, const double[::1] scale,
-                 const double[::1] shift, const storage[::1] weight,
-                 const storage[::1] bias):
+                 const double[::1] shift, const unsigned char[::1] weight,
+                 const unsigned char[::1] bias):
     """out = ((x - center[r]) * scale[r] + shift[r]) * weight[d] + bias[d].
 
     IN x (R, D); OUT out (R, D), may be x; IN (R,) float64 rounded to the
@@ -88,8 +101,8 @@ def layer_affine(const storage[:, ::1] x, storage[:, ::1] out,
     cdef int nt = threads_for(R * D, total)
     cdef const storage *px = &x[0, 0]
     cdef storage *po = &out[0, 0]
-    cdef const void *w = &weight[0]
-    cdef const void *b = &bias[0]
+    cdef const void *w = param_ptr(weight, D, fn_csize(px))
+    cdef const void *b = param_ptr(bias, D, fn_csize(px))
     with nogil:
         for i in prange(total, num_threads=nt, schedule='static'):
             note_threads(nt)
@@ -98,7 +111,7 @@ def layer_affine(const storage[:, ::1] x, storage[:, ::1] out,
 
 
 def layer_bwd_input(const storage[:, ::1] x, const storage[:, ::1] dy,
-                    storage[:, ::1] dx, const storage[::1] weight,
+                    storage[:, ::1] dx, const unsigned char[::1] weight,
                     const double[::1] center, const double[::1] a,
                     const double[::1] q, const double[::1] k):
     """dx = a[r] * weight[d] * dy - q[r] * (x - center[r]) - k[r].
@@ -111,7 +124,7 @@ def layer_bwd_input(const storage[:, ::1] x, const storage[:, ::1] dy,
     cdef const storage *px = &x[0, 0]
     cdef const storage *pg = &dy[0, 0]
     cdef storage *po = &dx[0, 0]
-    cdef const void *w = &weight[0]
+    cdef const void *w = param_ptr(weight, D, fn_csize(px))
     with nogil:
         for i in prange(total, num_threads=nt, schedule='static'):
             note_threads(nt)
@@ -143,14 +156,14 @@ cdef inline void layer_sums_unit(const storage *x, const storage *dy,
         A = 0.0
         B = 0.0
         off = r * D + j0
-        fn_lnsums(x + off, dy + off, <const storage *>w + j0, ln, mean[r], invstd[r],
-                  &A, &B, s1, s2)
+        fn_lnsums(x + off, dy + off, wofs(x, w, j0), ln, mean[r], invstd[r], &A, &B,
+                  s1, s2)
         pA[r * nc + cc] = A
         pB[r * nc + cc] = B
 
 
 def layer_bwd_sums(const storage[:, ::1] x, const storage[:, ::1] dy,
-                   const storage[::1] weight, const double[::1] mean,
+                   const unsigned char[::1] weight, const double[::1] mean,
                    const double[::1] invstd, double[::1] row_a, double[::1] row_b,
                    double[::1] col_dy, double[::1] col_dyxhat):
     """Backward sums of a row normalisation, one pass over x and dy.
@@ -167,7 +180,7 @@ def layer_bwd_sums(const storage[:, ::1] x, const storage[:, ::1] dy,
     cdef int nt = threads_for(2 * R * D, nb * nc)
     cdef const storage *px = &x[0, 0]
     cdef const storage *pg = &dy[0, 0]
-    cdef const void *w = &weight[0]
+    cdef const void *w = param_ptr(weight, D, fn_csize(px))
     cdef double *pA = <double *>malloc(2 * R * nc * sizeof(double))
     cdef double *pB
     cdef double *c1 = <double *>malloc(2 * nb * D * sizeof(double))
@@ -326,8 +339,8 @@ cdef inline void row_normalise(const storage *x, storage *y, int64_t D, double m
         if stream:
             prefetch_run(x + D + j, n)
         if w != NULL:
-            fn_lnaff(x + j, tp if stream else y + j, n, c, inv, t,
-                     <const storage *>w + j, <const storage *>b + j if b != NULL else NULL)
+            fn_lnaff(x + j, tp if stream else y + j, n, c, inv, t, wofs(x, w, j),
+                     wofs(x, b, j))
         else:
             fn_affine(x + j, tp if stream else y + j, n, c, inv, t)
         if stream:
@@ -338,7 +351,7 @@ cdef inline void row_normalise(const storage *x, storage *y, int64_t D, double m
 
 
 def rows_forward(const storage[:, ::1] x, storage[:, ::1] out, double eps, bint rms,
-                 const storage[::1] weight, const storage[::1] bias,
+                 const unsigned char[::1] weight, const unsigned char[::1] bias,
                  double[::1] mean, double[::1] var, double[::1] invstd):
     """Statistics and normalisation of each row of x, one pass (LayerNorm,
     or with rms RMSNorm).
@@ -353,8 +366,8 @@ def rows_forward(const storage[:, ::1] x, storage[:, ::1] out, double eps, bint 
     cdef int nt = threads_for(R * D, R)
     cdef const storage *px = &x[0, 0]
     cdef storage *po = &out[0, 0]
-    cdef const void *w = ptr_or_null(weight)
-    cdef const void *b = ptr_or_null(bias)
+    cdef const void *w = param_ptr(weight, D, fn_csize(px))
+    cdef const void *b = param_ptr(bias, D, fn_csize(px))
     cdef Moments mo
     cdef bint stream = streams(po, px, R * D * sizeof(storage))
     with nogil:
@@ -369,7 +382,7 @@ def rows_forward(const storage[:, ::1] x, storage[:, ::1] out, double eps, bint 
 
 
 def rows_backward(const storage[:, ::1] x, const storage[:, ::1] dy,
-                  storage[:, ::1] dx, bint rms, const storage[::1] weight,
+                  storage[:, ::1] dx, bint rms, const unsigned char[::1] weight,
                   const double[::1] mean, const double[::1] invstd,
                   double[::1] sum1, double[::1] sum2):
     """Input gradient of rows_forward, one pass over x and dy per row, and
@@ -388,7 +401,7 @@ def rows_backward(const storage[:, ::1] x, const storage[:, ::1] dy,
     cdef const storage *px = &x[0, 0]
     cdef const storage *pg = &dy[0, 0]
     cdef storage *po = &dx[0, 0]
-    cdef const void *w = &weight[0]
+    cdef const void *w = param_ptr(weight, D, fn_csize(px))
     cdef double *cs = <double *>calloc(2 * nb * D, sizeof(double))
     cdef double sa, sb
     cdef void *scratch = NULL
@@ -462,8 +475,8 @@ cdef inline void group_normalise(const storage *x, storage *y, int64_t D,
 
 
 def groups_forward(const storage[:, ::1] x, storage[:, ::1] out, int64_t G,
-                   int64_t K, double eps, const storage[::1] weight,
-                   const storage[::1] bias, double[::1] mean, double[::1] var,
+                   int64_t K, double eps, const unsigned char[::1] weight,
+                   const unsigned char[::1] bias, double[::1] mean, double[::1] var,
                    double[::1] invstd):
     """Statistics and normalisation of each slice (group of a sample) of x,
     one pass (GroupNorm, InstanceNorm with G = C and K = 1).
@@ -475,8 +488,8 @@ def groups_forward(const storage[:, ::1] x, storage[:, ::1] out, int64_t G,
     cdef int nt = threads_for(R * D, R)
     cdef const storage *px = &x[0, 0]
     cdef storage *po = &out[0, 0]
-    cdef const void *w = ptr_or_null(weight)
-    cdef const void *b = ptr_or_null(bias)
+    cdef const void *w = param_ptr(weight, G * K, fn_csize(px))
+    cdef const void *b = param_ptr(bias, G * K, fn_csize(px))
     cdef Moments mo
     cdef bint stream = streams(po, px, R * D * sizeof(storage))
     with nogil:
@@ -521,7 +534,7 @@ cdef inline void group_backward(const storage *x, const storage *dy, storage *dx
 
 def groups_backward(const storage[:, ::1] x, const storage[:, ::1] dy,
                     storage[:, ::1] dx, int64_t G, int64_t K,
-                    const storage[::1] weight, const double[::1] mean,
+                    const unsigned char[::1] weight, const double[::1] mean,
                     const double[::1] invstd, double[::1] sum1, double[::1] sum2):
     """Input gradient of groups_forward (statistics from the slice), one pass
     over x and dy per slice, and the sums behind the weight/bias gradients.
@@ -536,7 +549,7 @@ def groups_backward(const storage[:, ::1] x, const storage[:, ::1] dy,
     cdef const storage *px = &x[0, 0]
     cdef const storage *pg = &dy[0, 0]
     cdef storage *po = &dx[0, 0]
-    cdef const void *w = ptr_or_null(weight)
+    cdef const void *w = param_ptr(weight, G * K, fn_csize(px))
     with nogil:
         for r in prange(R, num_threads=nt, schedule='static'):
             note_threads(nt)

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _checks as ck
 from . import _pool
+from ._dtypes import kernel_view as kv
 from ._native import kernels as _kernels
 
 
@@ -92,9 +93,9 @@ def statistics(where, x, nshape, weight, bias, eps, rms):
     var = np.empty(R)
     if ck.fused(D, dt):
         invstd = np.empty(R)
-        _kernels.slice_stats(x2, eps, rms, mean, var, invstd)
+        _kernels.slice_stats(kv(x2), eps, rms, mean, var, invstd)
         return SavedRows(x2, x.shape, mean, invstd, rms, False)
-    _kernels.batch_stats(x2.reshape(1, R, D), mean, var)
+    _kernels.batch_stats(kv(x2.reshape(1, R, D)), mean, var)
     if rms:
         ms = var + mean * mean
         bad = ~np.isfinite(ms)
@@ -119,7 +120,8 @@ def forward(where, x, nshape, weight, bias, eps, out, rms):
         R = x2.shape[0]
         y = out if out is not None else _pool.empty(x.shape, dt)
         mean, var, invstd = np.empty(R), np.empty(R), np.empty(R)
-        _kernels.rows_forward(x2, y.reshape(R, D), eps, rms, w, b, mean, var, invstd)
+        _kernels.rows_forward(kv(x2), kv(y.reshape(R, D)), eps, rms, ck.kernel_param(w, dt),
+                              ck.kernel_param(b, dt), mean, var, invstd)
         saved = SavedRows(x2, x.shape, mean, invstd, rms,
                           out is not None and np.may_share_memory(out, x2))
         return y, saved
@@ -134,9 +136,9 @@ def forward(where, x, nshape, weight, bias, eps, out, rms):
         center = shift = saved.mean          # zeros
     else:
         center, shift = ck.centered(saved.mean, dt, saved.invstd)
-    _kernels.layer_affine(saved.x2, y.reshape(R, D), center, saved.invstd, shift,
-                          w if w is not None else ck.unit_weight(D, dt),
-                          b if b is not None else np.zeros(D, dt))
+    _kernels.layer_affine(kv(saved.x2), kv(y.reshape(R, D)), center, saved.invstd, shift,
+                          ck.kernel_param(w if w is not None else ck.unit_weight(D, dt), dt),
+                          ck.kernel_param(b, dt))
     saved.overwritten = out is not None and np.may_share_memory(out, saved.x2)
     return y, saved
 
@@ -149,22 +151,24 @@ def backward(where, grad_output, saved, weight, nshape, need_weight, need_bias):
     g = ck.grad_output(grad_output, saved.shape, dt, where)
     R, D = x2.shape
     w = _row_param(weight, "weight", nshape, dt, where)
+    pdt = w.dtype if w is not None else dt     # gradients: the parameters' dtype
     dx = _pool.empty(saved.shape, dt)
     if R == 0:
-        z = np.zeros(nshape, dtype=dt)
+        z = np.zeros(nshape, dtype=pdt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)
     g2 = ck.for_kernel(g).reshape(R, D)
     w1 = w if w is not None else ck.unit_weight(D, dt)
     col_dy, col_dyxhat = np.empty(D), np.empty(D)
     if ck.fused(D, dt):
-        _kernels.rows_backward(x2, g2, dx.reshape(R, D), saved.rms, w1, saved.mean,
-                               saved.invstd, col_dy, col_dyxhat)
-        gw = col_dyxhat.astype(dt).reshape(nshape) if need_weight else None
-        gb = col_dy.astype(dt).reshape(nshape) if need_bias else None
+        _kernels.rows_backward(kv(x2), kv(g2), kv(dx.reshape(R, D)), saved.rms,
+                               ck.kernel_param(w1, dt), saved.mean, saved.invstd, col_dy,
+                               col_dyxhat)
+        gw = col_dyxhat.astype(pdt).reshape(nshape) if need_weight else None
+        gb = col_dy.astype(pdt).reshape(nshape) if need_bias else None
         return dx, gw, gb
     row_a, row_b = np.empty(R), np.empty(R)
-    _kernels.layer_bwd_sums(x2, g2, w1, saved.mean, saved.invstd, row_a, row_b,
-                            col_dy, col_dyxhat)
+    _kernels.layer_bwd_sums(kv(x2), kv(g2), ck.kernel_param(w1, dt), saved.mean,
+                            saved.invstd, row_a, row_b, col_dy, col_dyxhat)
     inv = saved.invstd
     q = (inv * inv * inv) * row_b / D
     if saved.rms:
@@ -173,7 +177,8 @@ def backward(where, grad_output, saved, weight, nshape, need_weight, need_bias):
     else:
         center, term = ck.centered(saved.mean, dt, q)
         k = inv * row_a / D + term
-    _kernels.layer_bwd_input(x2, g2, dx.reshape(R, D), w1, center, inv, q, k)
-    gw = col_dyxhat.astype(dt).reshape(nshape) if need_weight else None
-    gb = col_dy.astype(dt).reshape(nshape) if need_bias else None
+    _kernels.layer_bwd_input(kv(x2), kv(g2), kv(dx.reshape(R, D)), ck.kernel_param(w1, dt),
+                             center, inv, q, k)
+    gw = col_dyxhat.astype(pdt).reshape(nshape) if need_weight else None
+    gb = col_dy.astype(pdt).reshape(nshape) if need_bias else None
     return dx, gw, gb

@@ -6,6 +6,7 @@ import numpy as np
 
 from . import _checks as ck
 from . import _pool
+from ._dtypes import kernel_view as kv
 from ._native import kernels as _kernels
 
 
@@ -35,7 +36,7 @@ def forward(where, x, size, alpha, beta, k, out):
     x3 = ck.as_ncl(x)
     y = out if out is not None else _pool.empty(x.shape, x.dtype)
     if x.size:
-        _kernels.lrn_forward(x3, y.reshape(x3.shape), size, alpha, beta, k)
+        _kernels.lrn_forward(kv(x3), kv(y.reshape(x3.shape)), size, alpha, beta, k)
     return y, x3
 
 
@@ -45,5 +46,5 @@ def backward(where, grad_output, x3, shape, size, alpha, beta, k):
     dx = _pool.empty(shape, x3.dtype)
     if g.size:
         g3 = ck.for_kernel(g).reshape(x3.shape)
-        _kernels.lrn_backward(x3, g3, dx.reshape(x3.shape), size, alpha, beta, k)
+        _kernels.lrn_backward(kv(x3), kv(g3), kv(dx.reshape(x3.shape)), size, alpha, beta, k)
     return dx

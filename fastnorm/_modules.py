@@ -10,6 +10,7 @@ from . import _switchable as _sn
 from . import _checks as ck
 from . import _forksafe
 from . import _pool
+from ._dtypes import param_dtypes, storage_name
 from ._native import kernels as _kernels
 
 
@@ -44,11 +45,16 @@ class Module:
         return self._saved
 
     def _check_dtype(self, x, where):
-        """Input and layer (parameters) share one dtype: no silent conversion."""
-        if x.dtype != self.dtype:
+        """Input and layer (parameters) share one dtype, or the input is
+        16-bit and the layer float32 (mixed, as PyTorch's CPU norms): no
+        silent conversion otherwise."""
+        if x.dtype != self.dtype and self.dtype not in param_dtypes(x.dtype):
+            mixed = (" (a float32 layer also takes bfloat16 and float16 input)"
+                     if self.dtype == np.float32 else "")
             raise TypeError(
                 f"{where}: input has dtype {x.dtype} but the layer's dtype is "
-                f"{self.dtype}; convert the input or build the layer with dtype=np.{x.dtype}")
+                f"{self.dtype}{mixed}; convert the input or build the layer with "
+                f"dtype={x.dtype.name!r}")
 
     def state_dict(self):
         """PyTorch's keys; copies of the arrays (num_batches_tracked: int64 0-d)."""
@@ -95,9 +101,8 @@ class Module:
                     f"{where}: {k} has shape {ck.shape_str(arr.shape)}, the layer "
                     f"expects {ck.shape_str(cur.shape)}"
                 )
-            if arr.dtype.kind not in ("f", "i", "u", "b") or (
-                k != "num_batches_tracked" and arr.dtype.kind not in ("f", "i", "u")
-            ):
+            real = arr.dtype.kind in ("f", "i", "u") or storage_name(arr.dtype) is not None
+            if not (real or arr.dtype.kind == "b") or (k != "num_batches_tracked" and not real):
                 raise TypeError(f"{where}: {k} has dtype {arr.dtype}, expected a real number array")
             staged[k] = arr
         if "num_batches_tracked" in own and "num_batches_tracked" not in staged:

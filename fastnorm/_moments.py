@@ -6,6 +6,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _checks as ck
+from ._dtypes import kernel_view as kv
 from ._native import kernels as _kernels
 
 
@@ -89,7 +90,7 @@ def moments(x, axes=None):
             # reduced axes first, kept ones last: (reduced, kept, 1), a copy
             x3 = np.array(np.transpose(x, ax + keep), dtype=np.float64,
                           order="C").reshape(n, K, 1)
-        _kernels.batch_stats(x3, mean, var)
+        _kernels.batch_stats(kv(x3), mean, var)
     return Moments(count, mean.reshape(out_shape), (var * n).reshape(out_shape))
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import _checks as ck
 from . import _pool
+from ._dtypes import kernel_view as kv
 from ._native import kernels as _kernels
 
 
@@ -75,6 +76,7 @@ class Saved:
     b: np.ndarray
     batch_grad: bool        # the batch term depends on x (training)
     overwritten: bool
+    pdt: np.dtype = None    # the parameters' dtype (of their gradients)
 
 
 def _quiet(f):
@@ -141,7 +143,7 @@ def statistics(where, x, mean_weight, var_weight, running_mean, running_var, wei
     # instance moments, one pass over x: planes are the "channels" of (1, N*C, M)
     mu_in = np.empty(N * C)
     var_in = np.empty(N * C)
-    _kernels.batch_stats(x3.reshape(1, N * C, M), mu_in, var_in)
+    _kernels.batch_stats(kv(x3.reshape(1, N * C, M)), mu_in, var_in)
     mu_in = mu_in.reshape(N, C)
     var_in = var_in.reshape(N, C)
     mu_ln, var_ln = _merged(mu_in, var_in, 1)          # (N, 1)
@@ -162,7 +164,8 @@ def statistics(where, x, mean_weight, var_weight, running_mean, running_var, wei
         invstd = 1.0 / np.sqrt(var + eps)
     saved = Saved(x3, x.shape, mu_in, var_in, mu_ln[:, 0],
                   None if mu_bn is None else np.broadcast_to(mu_bn[0], (C,)),
-                  mu, invstd, tuple(stats), a, b, bool(training and using_bn), False)
+                  mu, invstd, tuple(stats), a, b, bool(training and using_bn), False,
+                  mean_weight.dtype)
     return saved, weight, bias, out
 
 
@@ -183,14 +186,14 @@ def forward(where, x, mean_weight, var_weight, running_mean, running_var, weight
     if bias is not None:
         shift = shift + np.tile(bias.astype(np.float64), N)
     y = out if out is not None else _pool.empty(x.shape, dt)
-    _kernels.batch_affine(x3.reshape(1, N * C, M), y.reshape(1, N * C, M), center,
+    _kernels.batch_affine(kv(x3.reshape(1, N * C, M)), kv(y.reshape(1, N * C, M)), center,
                           scale.reshape(-1), shift)
     if update:
         f = momentum if momentum is not None else 1.0 / nbt
         n = N * M
         var_bn = saved.stats[2][1][0]
-        running_mean[...] = (1.0 - f) * running_mean + f * saved.mu_bn
-        running_var[...] = (1.0 - f) * running_var + f * var_bn * (n / (n - 1))
+        ck.blend(running_mean, f, f * saved.mu_bn)
+        ck.blend(running_var, f, f * var_bn * (n / (n - 1)))
     saved.overwritten = out is not None and np.may_share_memory(out, x3)
     return y, saved
 
@@ -211,7 +214,7 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
     # per plane: sum dy and sum dy * (x - mu) (mu: the mixed mean)
     s_dy = np.empty(N * C)
     s_dyx = np.empty(N * C)
-    _kernels.batch_bwd_sums(flat, gflat, saved.mu.reshape(-1), s_dy, s_dyx)
+    _kernels.batch_bwd_sums(kv(flat), kv(gflat), saved.mu.reshape(-1), s_dy, s_dyx)
     s_dy = s_dy.reshape(N, C)
     s_dyx = s_dyx.reshape(N, C)
     w = np.ones(C) if weight is None else weight.astype(np.float64)
@@ -237,14 +240,15 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
     center, term = ck.centered(saved.mu_in.reshape(-1), dt, coef_b)
     coef_k = -(d_mu_in.reshape(-1) / M) + term
     dx = _pool.empty(saved.shape, dt)
-    _kernels.batch_bwd_input(flat, gflat, dx.reshape(1, N * C, M), center, coef_a, coef_b,
-                             coef_k)
+    _kernels.batch_bwd_input(kv(flat), kv(gflat), kv(dx.reshape(1, N * C, M)), center, coef_a,
+                             coef_b, coef_k)
     # parameters: x_hat = (x - mu) * inv, so sum dy * x_hat = s_dyx * inv
-    gw = (s_dyx * inv).sum(axis=0).astype(dt) if need_weight else None
-    gb = s_dy.sum(axis=0).astype(dt) if need_bias else None
+    pdt = saved.pdt
+    gw = (s_dyx * inv).sum(axis=0).astype(pdt) if need_weight else None
+    gb = s_dy.sum(axis=0).astype(pdt) if need_bias else None
     # mixing logits: dL/da_k = sum d_mu * mu_k, then through the softmax
     da = np.array([(d_mu * saved.stats[k][0]).sum() for k in range(terms)])
     db = np.array([(d_var * saved.stats[k][1]).sum() for k in range(terms)])
-    g_mean_w = (a * (da - (a * da).sum())).astype(dt)
-    g_var_w = (b * (db - (b * db).sum())).astype(dt)
+    g_mean_w = (a * (da - (a * da).sum())).astype(pdt)
+    g_var_w = (b * (db - (b * db).sum())).astype(pdt)
     return dx, gw, gb, g_mean_w, g_var_w

@@ -15,6 +15,7 @@ from . import _batch_norm as _bn
 from . import _checks as ck
 from ._modules import _BatchNorm
 from ._moments import Moments, reduce_moments
+from ._dtypes import kernel_view as kv
 from ._native import kernels as _kernels
 
 INSTALL_HINT = 'pip install "fastnorm[mpi]"'
@@ -207,7 +208,7 @@ class SyncBatchNorm(_BatchNorm):
             C, n = x3.shape[1], x3.shape[0] * x3.shape[2]
             mean, var = np.zeros(C), np.zeros(C)
             if n:
-                _kernels.batch_stats(x3, mean, var)
+                _kernels.batch_stats(kv(x3), mean, var)
             return merged_moments(where, ex.gather((n, mean, var)), C, x.shape)
 
         try:

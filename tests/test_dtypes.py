@@ -26,9 +26,9 @@ def test_c_cython_and_python_lists_agree(k):
     assert k.storage_types() == [suf for suf, _ in _dtypes.STORAGE.values()]
     # the Cython fused type has a specialisation for every Python storage dtype
     for name in _dtypes.STORAGE:
-        x = np.arange(12, dtype=name).reshape(2, 3, 2)
+        x = np.arange(12, dtype=_dtypes.as_dtype(name)).reshape(2, 3, 2)
         mean, var = np.empty(3), np.empty(3)
-        k.batch_stats(x, mean, var)
+        k.batch_stats(_dtypes.kernel_view(x), mean, var)
         np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=(0, 2)))
     with pytest.raises((TypeError, ValueError)):
         k.batch_stats(np.ones((2, 3, 2), np.int32), np.empty(3), np.empty(3))
@@ -36,5 +36,5 @@ def test_c_cython_and_python_lists_agree(k):
 
 def test_compute_dtypes():
     for name, (_, compute) in _dtypes.STORAGE.items():
-        assert _dtypes.compute_dtype(name) == np.dtype(compute)
-        assert np.dtype(compute).itemsize >= np.dtype(name).itemsize
+        assert _dtypes.compute_dtype(_dtypes.as_dtype(name)) == np.dtype(compute)
+        assert np.dtype(compute).itemsize >= _dtypes.as_dtype(name).itemsize

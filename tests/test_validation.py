@@ -37,9 +37,11 @@ LAYER_CASES = [
     ("rank-5", lambda l, x, o: l(x[None]), ValueError, ["expected 4D input", "got 5D"]),
     ("channels", lambda l, x, o: l(np.zeros((2, 4, 4, 5), np.float32)), ValueError,
      ["3 channels", "got 4 channels"]),
-    ("int-input", lambda l, x, o: l(x.astype(np.int64)), TypeError, ["float32 or float64", "int64"]),
-    ("bool-input", lambda l, x, o: l(x > 1), TypeError, ["float32 or float64", "bool"]),
-    ("float16-input", lambda l, x, o: l(x.astype(np.float16)), TypeError, ["float16"]),
+    ("int-input", lambda l, x, o: l(x.astype(np.int64)), TypeError,
+     ["float32, float64, bfloat16 or float16", "int64"]),
+    ("bool-input", lambda l, x, o: l(x > 1), TypeError, ["float32, float64, bfloat16 or float16", "bool"]),
+    ("float64-input-float32-layer", lambda l, x, o: l(x.astype(np.float64)), TypeError,
+     ["float64", "the layer's dtype is float32"]),
     ("complex-input", lambda l, x, o: l(x.astype(np.complex64)), TypeError, ["complex64"]),
     ("dtype-mismatch", lambda l, x, o: l(x.astype(np.float64)), TypeError,
      ["float64", "layer's dtype is float32"]),
@@ -156,7 +158,7 @@ def test_backward_after_in_place_forward_is_refused():
     (dict(num_features=3, eps=-1.0), ValueError, ["eps must be positive", "-1.0"]),
     (dict(num_features=3, momentum=2), ValueError, ["momentum must be in [0, 1]", "2"]),
     (dict(num_features=3, momentum="0.1"), TypeError, ["momentum", "'0.1'"]),
-    (dict(num_features=3, dtype=np.int32), TypeError, ["dtype must be float32 or float64", "int32"]),
+    (dict(num_features=3, dtype=np.int32), TypeError, ["dtype must be float32, float64, bfloat16 or float16", "int32"]),
 ])
 def test_constructor_rejects_bad_arguments(kw, exc, words):
     with pytest.raises(exc) as info:
