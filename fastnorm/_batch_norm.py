@@ -47,6 +47,9 @@ def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
     bias = ck.param(bias, "bias", C, dt, where)
     running_mean = ck.buffer(running_mean, "running_mean", C, dt, where, update)
     running_var = ck.buffer(running_var, "running_var", C, dt, where, update)
+    if dt.itemsize == 2:        # float32 or 16-bit, but one of them
+        ck.same_dtype(where, weight=weight, bias=bias, running_mean=running_mean,
+                      running_var=running_var)
     if not batch_stats and (running_mean is None or running_var is None):
         raise ValueError(
             f"{where}: running_mean and running_var are required when not training"

@@ -166,7 +166,7 @@ class Entry:
             return ref.group_norm(x, layer.num_groups, layer.weight, layer.bias,
                                   layer.eps)[0], None, None
         if n in ("layer_norm", "rms_norm"):
-            eps = layer._eps("reference")
+            eps = layer._eps("reference", np.asarray(x).dtype)
             return ref.layer_norm(x, layer.normalized_shape, layer.weight,
                                   getattr(layer, "bias", None), eps,
                                   rms=n == "rms_norm"), None, None
@@ -210,7 +210,8 @@ class Entry:
             return ref.group_norm_backward(g, x, layer.num_groups, layer.weight, layer.eps)
         if n in ("layer_norm", "rms_norm"):
             return ref.layer_norm_backward(g, x, layer.normalized_shape, layer.weight,
-                                           layer._eps("reference"), rms=n == "rms_norm")
+                                           layer._eps("reference", np.asarray(x).dtype),
+                                           rms=n == "rms_norm")
         if n == "local_response_norm":
             return ref.local_response_norm_backward(g, x, layer.size, layer.alpha,
                                                     layer.beta, layer.k), None, None
@@ -287,6 +288,17 @@ CATALOGUE = (
 OTHER_FUNCTIONS = ("moments", "merge_moments", "reduce_moments", "Moments")
 
 BY_NAME = {e.name: e for e in CATALOGUE}
+
+
+def storage_dtypes():
+    """Every storage dtype: float32, float64, float16, and bfloat16 when
+    ml_dtypes is installed."""
+    out = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)]
+    try:
+        import ml_dtypes
+    except ImportError:
+        return out
+    return out + [np.dtype(ml_dtypes.bfloat16)]
 
 
 def cases(which="shapes", dtypes=(np.float32, np.float64)):

@@ -137,6 +137,8 @@ def _prepare(where, x, C, weight, bias, eps, out):
     eps = ck.eps_value(eps, where)
     weight = ck.param(weight, "weight", C, dt, where)
     bias = ck.param(bias, "bias", C, dt, where)
+    if dt.itemsize == 2:        # float32 or 16-bit, but one of them
+        ck.same_dtype(where, weight=weight, bias=bias)
     weight = None if weight is None else ck.for_kernel(weight)
     bias = None if bias is None else ck.for_kernel(bias)
     out = ck.out_array(out, x.shape, dt, x, where)
@@ -181,6 +183,9 @@ def instance_forward(where, x, running_mean, running_var, weight, bias,
     dt = x.dtype
     running_mean = ck.buffer(running_mean, "running_mean", C, dt, where, update)
     running_var = ck.buffer(running_var, "running_var", C, dt, where, update)
+    if dt.itemsize == 2:
+        ck.same_dtype(where, weight=weight, bias=bias, running_mean=running_mean,
+                      running_var=running_var)
     if update and running_mean is not None and momentum is not None:
         momentum = ck.momentum_value(momentum, where, allow_none=False)
     x3 = ck.as_ncl(x)

@@ -50,8 +50,11 @@ def normalized_shape_value(normalized_shape, where):
 
 
 def rms_eps(eps, dtype, where):
-    """eps=None: the machine epsilon of the dtype, as PyTorch's RMSNorm."""
+    """eps=None: the machine epsilon of the input's dtype, as PyTorch's
+    RMSNorm (2**-7 for bfloat16, 2**-10 for float16)."""
     if eps is None:
+        if dtype.name == "bfloat16":
+            return 2.0 ** -7
         return float(np.finfo(dtype).eps)
     return ck.eps_value(eps, where)
 
@@ -85,6 +88,8 @@ def statistics(where, x, nshape, weight, bias, eps, rms):
     D = int(np.prod(nshape))
     _row_param(weight, "weight", nshape, dt, where)
     _row_param(bias, "bias", nshape, dt, where)
+    if dt.itemsize == 2:        # float32 or 16-bit, but one of them
+        ck.same_dtype(where, weight=weight, bias=bias)
     x2 = ck.as_rows(x, D)
     R = x2.shape[0]
     if R == 0:
@@ -116,6 +121,8 @@ def forward(where, x, nshape, weight, bias, eps, out, rms):
     if ck.fused(D, dt) and x.size:
         w = _row_param(weight, "weight", nshape, dt, where)
         b = _row_param(bias, "bias", nshape, dt, where)
+        if dt.itemsize == 2:
+            ck.same_dtype(where, weight=w, bias=b)
         x2 = ck.as_rows(x, D)
         R = x2.shape[0]
         y = out if out is not None else _pool.empty(x.shape, dt)

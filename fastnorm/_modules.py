@@ -472,7 +472,7 @@ class _RowNorm(_Affine):
         self.dtype = ck.float_dtype(dtype, where)
         self._init_params(self.normalized_shape, self.dtype, self.elementwise_affine, bias)
 
-    def _eps(self, where):
+    def _eps(self, where, dtype=None):
         return ck.eps_value(self.eps, where)
 
     def forward(self, x, out=None):
@@ -481,7 +481,7 @@ class _RowNorm(_Affine):
         x = _ln.check_rows(where, x, self.normalized_shape)
         self._check_dtype(x, where)
         y, self._saved = _ln.forward(where, x, self.normalized_shape, self.weight,
-                                     self.bias, self._eps(where), out, self._rms)
+                                     self.bias, self._eps(where, x.dtype), out, self._rms)
         return y
 
     def backward(self, grad_output):
@@ -521,8 +521,10 @@ class RMSNorm(_RowNorm):
         self.eps = eps
         self._init_rows(normalized_shape, elementwise_affine, False, dtype)
 
-    def _eps(self, where):
-        return _ln.rms_eps(self.eps, self.dtype, where)
+    def _eps(self, where, dtype=None):
+        """eps, or for eps=None the machine epsilon of the input's dtype
+        (default: the layer's)."""
+        return _ln.rms_eps(self.eps, self.dtype if dtype is None else dtype, where)
 
     def __repr__(self):
         return (f"RMSNorm({self.normalized_shape}, eps={self.eps}, "

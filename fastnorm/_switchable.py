@@ -127,6 +127,10 @@ def statistics(where, x, mean_weight, var_weight, running_mean, running_var, wei
     if using_bn:
         running_mean = ck.buffer(running_mean, "running_mean", C, dt, where, update)
         running_var = ck.buffer(running_var, "running_var", C, dt, where, update)
+    if dt.itemsize == 2:        # float32 or 16-bit, but one of them
+        ck.same_dtype(where, weight=weight, bias=bias, mean_weight=mean_weight,
+                      var_weight=var_weight, running_mean=running_mean,
+                      running_var=running_var)
         if not training and (running_mean is None or running_var is None):
             raise ValueError(f"{where}: eval mode with using_bn needs running_mean and "
                              "running_var")

@@ -521,13 +521,15 @@ def test_catalogue_layer(entry, shape):
     """Every catalogue layer, every layout of its input and of its output
     gradient, float32 and float64: bitwise the call on contiguous copies."""
     failures = []
-    for dtype in DTYPES:
+    for dtype in cat.storage_dtypes():
         rng = np.random.default_rng(1)
         x = (rng.normal(size=shape) * 2 + 3).astype(dtype)
         g = rng.normal(size=shape).astype(dtype)
         want = _catalogue_run(entry, shape, dtype, x.copy(), g.copy())
         for role in ("x", "g"):
             for layout in (LAYOUTS if len(shape) > 1 else LAYOUTS_1D):
+                if layout == "byteswapped" and np.dtype(dtype).kind != "f":
+                    continue            # bfloat16 has no byte-swapped form
                 laid = Laid(x if role == "x" else g, layout)
                 args = (laid.view, g.copy()) if role == "x" else (x.copy(), laid.view)
                 try:

@@ -713,7 +713,7 @@ def _cat_run(entry, shape, dtype, x, g, training):
 @pytest.mark.parametrize("value", list(VALUES))
 @pytest.mark.parametrize("entry,shape", CAT_SHAPES, ids=[cat.case_id(*c) for c in CAT_SHAPES])
 def test_catalogue_only_reach_affected(entry, shape, value):
-    for dtype in DTYPES:
+    for dtype in cat.storage_dtypes():
         for mode in entry.modes:
             training = mode == "train"
             rng = np.random.default_rng(2)
@@ -732,7 +732,7 @@ def test_catalogue_only_reach_affected(entry, shape, value):
             assert dx.shape == shape
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", cat.storage_dtypes(), ids=lambda d: d.name)
 @pytest.mark.parametrize("entry", cat.CATALOGUE, ids=lambda e: e.name)
 def test_catalogue_threads_same_bits(entry, dtype):
     """The large shape with non-finite values in the input and the output

@@ -1,0 +1,227 @@
+"""16-bit storage: bfloat16 (ml_dtypes) and float16, for every layer of the
+catalogue.
+
+The claim tested, exactly: a 16-bit call computes what the float32 call
+computes on the same values (upcast), in float32 arithmetic, and rounds each
+output element once to the 16-bit type, to nearest even.  So
+
+* mixed (a float32 layer on 16-bit input): the output and the input gradient
+  are bitwise the float32 layer's on x.astype(float32), rounded to the 16-bit
+  type; parameter gradients (float32) and running statistics (float32) are
+  bitwise the float32 layer's;
+* LocalResponseNorm computes in float64: its 16-bit output is the float64
+  layer's rounded once (not through float32);
+* pure (a layer built with the 16-bit dtype): its parameters, converted
+  exactly to float32, give the same outputs as the mixed layer with those
+  values; its running statistics and gradients are 16-bit, within one
+  rounding of the float32 ones.
+
+With the float32 path's own accuracy (tests/test_catalogue.py: float32
+against the float64 twin), a 16-bit output is within 0.5 ulp of its type
+plus the float32 error of the same computation: within 1 ulp of the float64
+result wherever that error is below half an ulp (everywhere but outputs near
+zero that cancel large terms: there, within the float32 error).
+
+The conversions themselves are checked on every 16-bit value, in both
+kernel copies (the AVX2 copy converts float16 with F16C, the baseline copy in
+integer arithmetic): overflow to inf past 65504 for float16, subnormals,
+signed zeros, NaN staying NaN.
+"""
+import numpy as np
+import pytest
+
+import fastnorm
+from fastnorm import _catalogue as cat
+from fastnorm import _dtypes
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F16 = np.dtype(np.float16)
+SIXTEEN = [BF16, F16]
+
+
+def rne(a, dt):
+    """float32 or float64 values rounded once to the 16-bit dtype dt, to
+    nearest even (independently of fastnorm: float16 by NumPy; bfloat16 by
+    rounding to odd at float32, then ml_dtypes' float32 -> bfloat16)."""
+    a = np.asarray(a)
+    if dt == F16 or a.dtype == np.float32:
+        with np.errstate(over="ignore"):
+            return a.astype(dt)
+    f = a.astype(np.float32)
+    inexact = (f.astype(np.float64) != a) & np.isfinite(a) & np.isfinite(f)
+    away = np.abs(f.astype(np.float64)) > np.abs(a)
+    bits = f.view(np.uint32).copy()
+    bits[inexact & away] -= 1
+    bits[inexact] |= 1
+    return bits.view(np.float32).astype(dt)
+
+
+def same(a, b, what):
+    """Bitwise equal, NaN positions equal (their bits are unspecified)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    na, nb = np.isnan(a.astype(np.float32)), np.isnan(b.astype(np.float32))
+    assert np.array_equal(na, nb), f"{what}: NaN positions differ"
+    bits = np.dtype(f"u{a.dtype.itemsize}")
+    ia, ib = a[~na].view(bits), b[~nb].view(bits)
+    bad = np.flatnonzero(ia != ib)
+    assert bad.size == 0, (f"{what}: {bad.size} of {ia.size} differ, e.g. {a[~na][bad[:3]]} "
+                           f"vs {b[~nb][bad[:3]]}")
+
+
+def _copy_state(dst, src):
+    for k in ("weight", "bias", "mean_weight", "var_weight", "running_mean", "running_var",
+              "num_batches_tracked"):
+        if getattr(src, k, None) is not None:
+            getattr(dst, k)[...] = getattr(src, k)
+
+
+def _run(layer, x, g, training):
+    layer.train(training)
+    y = layer(x)
+    dx = layer.backward(g)
+    grads = {k: np.array(getattr(layer, k)) for k in ("weight_grad", "bias_grad",
+                                                      "mean_weight_grad", "var_weight_grad")
+             if getattr(layer, k, None) is not None}
+    stats = {k: np.array(getattr(layer, k)) for k in ("running_mean", "running_var",
+                                                      "num_batches_tracked")
+             if getattr(layer, k, None) is not None}
+    return y, dx, grads, stats
+
+
+CASES = [(e, s, dt) for e in cat.CATALOGUE for s in e.shapes + e.boundary[:1] for dt in SIXTEEN]
+
+
+@pytest.mark.parametrize("entry,shape,dt", CASES, ids=[cat.case_id(*c) for c in CASES])
+def test_mixed_is_the_float32_call_rounded_once(entry, shape, dt):
+    rng = np.random.default_rng(len(shape))
+    x = (rng.normal(size=shape) * 2 + 3).astype(dt)
+    g = rng.normal(size=shape).astype(dt)
+    wide = np.float64 if entry.scope == "window" else np.float32
+    for mode in entry.modes:
+        training = mode == "train"
+        mixed = entry.layer(shape, np.float32, np.random.default_rng(3))
+        ref = entry.layer(shape, wide, np.random.default_rng(3))
+        _copy_state(ref, mixed)
+        if getattr(mixed, "eps", 0) is None:     # RMSNorm: the input dtype's epsilon
+            ref.eps = mixed._eps("test", dt)
+        y, dx, grads, stats = _run(mixed, x, g, training)
+        ry, rdx, rgrads, rstats = _run(ref, x.astype(wide), g.astype(wide), training)
+        what = f"{entry.name} {mode} {dt}"
+        assert y.dtype == dt and dx.dtype == dt
+        same(y, rne(ry, dt), f"{what} y")
+        same(dx, rne(rdx, dt), f"{what} dx")
+        for k, v in grads.items():
+            assert v.dtype == np.float32, k
+            if wide == np.float32:
+                same(v, rgrads[k], f"{what} {k}")
+        for k, v in stats.items():
+            same(v, rstats[k].astype(v.dtype), f"{what} {k}")
+
+
+PURE = [(e, e.shapes[0], dt) for e in cat.CATALOGUE if e.params for dt in SIXTEEN]
+
+
+@pytest.mark.parametrize("entry,shape,dt", PURE, ids=[cat.case_id(*c) for c in PURE])
+def test_pure_layer_keeps_16_bit_parameters(entry, shape, dt):
+    """A layer built with the 16-bit dtype: parameters, running statistics
+    and gradients in it; outputs those of the mixed layer holding the same
+    parameter values."""
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=shape) + 1).astype(dt)
+    g = rng.normal(size=shape).astype(dt)
+    pure = entry.layer(shape, dt, np.random.default_rng(4))
+    mixed = entry.layer(shape, np.float32, np.random.default_rng(4))
+    _copy_state(mixed, pure)        # the 16-bit values, exactly, in float32
+    for k in entry.params:
+        assert getattr(pure, k).dtype == dt, k
+    for mode in entry.modes:
+        training = mode == "train"
+        y, dx, grads, stats = _run(pure, x, g, training)
+        my, mdx, mgrads, mstats = _run(mixed, x, g, training)
+        same(y, my, f"{entry.name} {mode} y")
+        same(dx, mdx, f"{entry.name} {mode} dx")
+        for k, v in grads.items():
+            assert v.dtype == dt, k
+            same(v, rne(mgrads[k], dt), f"{entry.name} {mode} {k}")
+        for k, v in stats.items():
+            if k == "num_batches_tracked":
+                assert int(v) == int(mstats[k])
+                continue
+            assert v.dtype == dt, k
+            # one rounding of the float64 update, against float32's: one ulp
+            np.testing.assert_allclose(v.astype(np.float64), mstats[k], rtol=2 ** -7 if dt == BF16
+                                       else 2 ** -10, atol=0)
+        _copy_state(mixed, pure)
+
+
+def test_other_mixes_are_refused():
+    x16 = np.ones((2, 3, 4), BF16)
+    with pytest.raises(TypeError, match="the layer's dtype is float64"):
+        fastnorm.BatchNorm1d(3, dtype=np.float64)(x16)
+    with pytest.raises(TypeError, match="the layer's dtype is float16"):
+        fastnorm.BatchNorm1d(3, dtype=np.float16)(x16)
+    with pytest.raises(TypeError, match="the layer's dtype is bfloat16"):
+        fastnorm.BatchNorm1d(3, dtype="bfloat16")(np.ones((2, 3, 4), np.float32))
+    import fastnorm.functional as F
+    with pytest.raises(TypeError, match="parameters and running statistics must share"):
+        F.batch_norm(x16, np.zeros(3, np.float32), np.ones(3, BF16), training=True)
+    with pytest.raises(TypeError, match="grad_output has dtype float32"):
+        layer = fastnorm.LayerNorm(4)
+        layer(x16)
+        layer.backward(np.ones((2, 3, 4), np.float32))
+
+
+@pytest.mark.parametrize("dt", SIXTEEN, ids=lambda d: d.name)
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_every_16_bit_value_converts_exactly(dt, isa, tmp_path):
+    """y = x * s in the kernels (an eval BatchNorm with unit variance and the
+    scale as its weight) for every 16-bit x and a few s: the float32 product
+    rounded once, overflow to inf, subnormals, signed zeros, NaN; both
+    kernel copies (run in a process of their own, FASTNORM_ISA)."""
+    import os
+    import subprocess
+    import sys
+
+    from fastnorm._native import kernels
+    if isa == "avx2" and not kernels.cpu_has_avx2():
+        pytest.skip("no AVX2 here")
+    code = f"""if 1:
+        import numpy as np, fastnorm, ml_dtypes, sys
+        dt = np.dtype({"ml_dtypes.bfloat16" if dt == BF16 else "np.float16"})
+        bits = np.arange(65536, dtype=np.uint16)
+        x = bits.view(dt).reshape(1, 1, -1)
+        out = {{}}
+        for s in (1.0, 2.0 ** -12, 3.7, 2.0 ** 12, -1.0):
+            bn = fastnorm.BatchNorm1d(1).eval()
+            bn.running_mean[...] = 0
+            bn.running_var[...] = 1.0 - 1e-5
+            bn.weight[...] = s
+            out[str(s)] = bn(x).view(np.uint16)
+        np.savez(sys.argv[1], **out)
+    """
+    path = tmp_path / "conv.npz"
+    env = dict(os.environ, FASTNORM_ISA=isa)
+    subprocess.run([sys.executable, "-c", code, str(path)], env=env, check=True,
+                   capture_output=True, text=True, cwd=tmp_path)
+    x = np.arange(65536, dtype=np.uint16).view(dt)
+    with np.load(path) as f, np.errstate(all="ignore"):
+        for s, got in f.items():
+            # BatchNorm's eval path: (x - 0) * s' + 0 with s' = s / sqrt(var + eps) in float32
+            s32 = np.float32(float(s) / np.sqrt(np.float64(1.0 - 1e-5) + 1e-5))
+            zero = np.float32(0)      # (-0 - 0) * s + 0 is +0, as in the kernel
+            want = rne((x.astype(np.float32) - zero) * s32 + zero, dt)
+            same(got.reshape(-1).view(dt), want, f"{isa} s={s}")
+
+
+def test_float16_overflows_to_inf():
+    """float16's largest value is 65504: a float32 result beyond it becomes
+    inf (as PyTorch's), and NaN and inf propagate as in float32."""
+    x = np.array([[1.0, 2.0, 3.0, 4.0]], np.float16)
+    layer = fastnorm.LayerNorm(4)
+    layer.weight[...] = 1e5
+    y = layer(x)
+    assert np.isinf(y[0, [0, 3]]).all() and np.isfinite(y[0, 1:3]).all()
+    x[0, 1] = np.nan
+    assert np.isnan(layer(x)).all()
