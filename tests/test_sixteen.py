@@ -225,3 +225,72 @@ def test_float16_overflows_to_inf():
     assert np.isinf(y[0, [0, 3]]).all() and np.isfinite(y[0, 1:3]).all()
     x[0, 1] = np.nan
     assert np.isnan(layer(x)).all()
+
+
+# ---------------------------------------------------------------------------
+# Against PyTorch's CPU modules on the same 16-bit tensors (float32
+# parameters: PyTorch's mixed type).  Both compute in float32 and round to
+# the 16-bit type; their sums run in other orders, so the outputs agree to a
+# 16-bit rounding or two of the output's scale.
+
+def _torch_module(torch, entry, layer):
+    n, nn = entry.name, torch.nn
+    if n.startswith("BatchNorm"):
+        m = getattr(nn, n)(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+    elif n.startswith("InstanceNorm"):
+        m = getattr(nn, n)(layer.num_features, eps=layer.eps, momentum=layer.momentum,
+                           affine=True, track_running_stats=True)
+    elif n == "GroupNorm":
+        m = nn.GroupNorm(layer.num_groups, layer.num_channels, eps=layer.eps)
+    elif n == "LayerNorm":
+        m = nn.LayerNorm(layer.normalized_shape, eps=layer.eps)
+    elif n == "RMSNorm":
+        m = nn.RMSNorm(layer.normalized_shape, eps=layer.eps)
+    elif n == "LocalResponseNorm":
+        m = nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k)
+    else:
+        return None
+    m.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in layer.state_dict().items()})
+    return m
+
+
+TORCH_CASES = [(e, e.boundary[0], dt) for e in cat.CATALOGUE for dt in SIXTEEN]
+
+
+@pytest.mark.parametrize("entry,shape,dt", TORCH_CASES, ids=[cat.case_id(*c) for c in TORCH_CASES])
+def test_matches_torch_16_bit(torch, entry, shape, dt):
+    import warnings
+    layer = entry.layer(shape, np.float32, np.random.default_rng(6))
+    m = _torch_module(torch, entry, layer)
+    if m is None:
+        pytest.skip(f"PyTorch has no {entry.name}")
+    tdt = torch.bfloat16 if dt == BF16 else torch.float16
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=shape) * 2 + 1).astype(dt)
+    g = rng.normal(size=shape).astype(dt)
+
+    def t(a):                                   # a 16-bit array as a torch tensor
+        return torch.from_numpy(a.view(np.int16)).view(tdt)
+
+    def n(tt):                                  # and back
+        return tt.detach().contiguous().view(torch.int16).numpy().view(dt)
+    ulp = 2.0 ** -7 if dt == BF16 else 2.0 ** -10
+    for mode in entry.modes:
+        layer.train(mode == "train")
+        m.train(mode == "train")
+        xt = t(x.copy()).requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # PyTorch: "mismatch dtype ... not fused"
+            yt = m(xt)
+            yt.backward(t(g.copy()))
+        y = layer(x)
+        dx = layer.backward(g)
+        for name, a, b in (("y", y, n(yt)), ("dx", dx, n(xt.grad))):
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            scale = np.abs(b64).max()
+            np.testing.assert_allclose(a64, b64, rtol=2 * ulp, atol=2 * ulp * scale,
+                                       err_msg=f"{entry.name} {mode} {name}")
+        for k in ("running_mean", "running_var"):
+            if getattr(layer, k, None) is not None:
+                np.testing.assert_allclose(getattr(layer, k), getattr(m, k).numpy(),
+                                           rtol=1e-4, atol=1e-5, err_msg=k)
