@@ -126,9 +126,6 @@ static inline fn_v4d fn_ld4d_f64(const double *p) { return fn_load4_double(p); }
  * the AVX2 copy, which uses F16C for float16, give the same bits.  NaNs
  * stay NaN (quieted); their sign and payload are unspecified.  Nothing
  * depends on the FTZ/DAZ modes: no subnormal float32 is ever an operand. */
-typedef uint16_t fn_v8u16 __attribute__((vector_size(16)));
-typedef uint32_t fn_v8u32 __attribute__((vector_size(32)));
-typedef int32_t fn_v8i32 __attribute__((vector_size(32)));
 
 static inline float fn_bits_f(uint32_t u) { float f; __builtin_memcpy(&f, &u, 4); return f; }
 static inline uint32_t fn_f_bits(float f) { uint32_t u; __builtin_memcpy(&u, &f, 4); return u; }
@@ -156,25 +153,149 @@ static inline fn_bf16 fn_st_bf16(float f)
     return (fn_bf16)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r);
 }
 static inline fn_bf16 fn_std_bf16(double v) { return fn_st_bf16(fn_d2f_odd(v)); }
-static inline fn_v8f fn_ld8f_bf16(const fn_bf16 *p)
+/* Vector conversions, 8 values at a time.  The AVX2 copy works on 256-bit
+ * registers (and F16C for float16); other builds on two halves of 4 lanes in
+ * 128-bit generic vectors, which SSE2 (and NEON) have natively: wider
+ * generic integer vectors would be expanded lane by lane there.  Every path
+ * computes the scalar conversions' results exactly. */
+typedef int32_t fn_v4i32 __attribute__((vector_size(16)));
+typedef uint32_t fn_v4u32 __attribute__((vector_size(16)));
+
+/* bfloat16 store, 4 lanes: RNE on the integer, NaN quieted */
+static inline fn_v4i32 fn_bf16_round4(fn_v4f v)
 {
-    fn_v8u16 h;
-    __builtin_memcpy(&h, p, sizeof h);
-    fn_v8u32 w = __builtin_convertvector(h, fn_v8u32) << 16;
-    fn_v8f f;
-    __builtin_memcpy(&f, &w, sizeof f);
+    fn_v4i32 u;
+    __builtin_memcpy(&u, &v, sizeof u);
+    fn_v4u32 uu = (fn_v4u32)u;
+    fn_v4i32 r = (fn_v4i32)((uu + 0x7fffu + ((uu >> 16) & 1u)) >> 16);
+    fn_v4i32 q = (fn_v4i32)((uu >> 16) | 0x40u);
+    fn_v4i32 nan = (u & 0x7fffffff) > 0x7f800000;       /* both sides positive */
+    return (nan & q) | (~nan & r);
+}
+
+/* float16 load, 4 lanes of 16-bit values in 32-bit lanes: exact */
+static inline fn_v4f fn_f16_widen4(fn_v4i32 h)
+{
+    fn_v4i32 em = h & 0x7fff, sign = (h & 0x8000) << 16;
+    fn_v4i32 infnan = 0x7f800000 | ((em & 0x3ff) << 13);
+    fn_v4i32 normal = (em << 13) + 0x38000000;
+    fn_v4f sf = __builtin_convertvector(em, fn_v4f) * 0x1p-24f;
+    fn_v4i32 sub;
+    __builtin_memcpy(&sub, &sf, sizeof sub);
+    fn_v4i32 is_inf = em >= 0x7c00, is_norm = em >= 0x0400;
+    fn_v4i32 u = (is_inf & infnan) | (~is_inf & ((is_norm & normal) | (~is_norm & sub)));
+    u |= sign;
+    fn_v4f f;
+    __builtin_memcpy(&f, &u, sizeof f);
     return f;
 }
+
+/* float16 store, 4 lanes: RNE (integer for normals, one float addition for
+ * subnormals), inf past 65504, NaN quieted */
+static inline fn_v4i32 fn_f16_round4(fn_v4f v)
+{
+    fn_v4i32 u;
+    __builtin_memcpy(&u, &v, sizeof u);
+    fn_v4i32 sign = (fn_v4i32)(((fn_v4u32)u >> 16) & 0x8000u), a = u & 0x7fffffff;
+    fn_v4i32 nan = a > 0x7f800000;
+    fn_v4i32 infnan = (nan & (0x7e00 | ((a >> 13) & 0x3ff))) | (~nan & 0x7c00);
+    fn_v4f af, half = {0.5f, 0.5f, 0.5f, 0.5f};
+    __builtin_memcpy(&af, &a, sizeof af);
+    af = af + half;
+    fn_v4i32 sub;
+    __builtin_memcpy(&sub, &af, sizeof sub);
+    sub -= 0x3f000000;
+    fn_v4u32 au = (fn_v4u32)a;
+    fn_v4i32 normal = (fn_v4i32)((au + 0xc8000fffu + ((au >> 13) & 1u)) >> 13);
+    fn_v4i32 big = a >= 0x47800000, small = a < 0x38800000;
+    fn_v4i32 h = (big & infnan) | (~big & ((small & sub) | (~small & normal)));
+    return h | sign;
+}
+
+/* 8 16-bit values into two halves of 4 32-bit lanes (zero-extended), and
+ * back (each value below 2^16) */
+static inline void fn_widen8(const uint16_t *p, fn_v4i32 *lo, fn_v4i32 *hi)
+{
+#if defined(__SSE2__)
+    __m128i h = _mm_loadu_si128((const __m128i *)p), z = _mm_setzero_si128();
+    __m128i l = _mm_unpacklo_epi16(h, z), u = _mm_unpackhi_epi16(h, z);
+    __builtin_memcpy(lo, &l, 16);
+    __builtin_memcpy(hi, &u, 16);
+#else
+    fn_v4i32 l = {p[0], p[1], p[2], p[3]}, u = {p[4], p[5], p[6], p[7]};
+    *lo = l;
+    *hi = u;
+#endif
+}
+
+static inline void fn_narrow8(uint16_t *p, fn_v4i32 lo, fn_v4i32 hi)
+{
+#if defined(__SSE2__)
+    /* no unsigned 32 -> 16 pack before SSE4.1: bias to signed and back */
+    __m128i l, u, bias = _mm_set1_epi32(0x8000);
+    __builtin_memcpy(&l, &lo, 16);
+    __builtin_memcpy(&u, &hi, 16);
+    __m128i k = _mm_packs_epi32(_mm_sub_epi32(l, bias), _mm_sub_epi32(u, bias));
+    _mm_storeu_si128((__m128i *)p, _mm_xor_si128(k, _mm_set1_epi16((short)0x8000)));
+#else
+    for (int j = 0; j < 4; j++) {
+        p[j] = (uint16_t)lo[j];
+        p[j + 4] = (uint16_t)hi[j];
+    }
+#endif
+}
+
+static inline void fn_split8(fn_v8f v, fn_v4f *lo, fn_v4f *hi)
+{
+    __builtin_memcpy(lo, &v, 16);
+    __builtin_memcpy(hi, (const char *)&v + 16, 16);
+}
+
+static inline fn_v8f fn_join8(fn_v4f lo, fn_v4f hi)
+{
+    fn_v8f v;
+    __builtin_memcpy(&v, &lo, 16);
+    __builtin_memcpy((char *)&v + 16, &hi, 16);
+    return v;
+}
+
+static inline fn_v8f fn_ld8f_bf16(const fn_bf16 *p)
+{
+#if defined(__AVX2__)
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return (fn_v8f)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#else
+    fn_v4i32 lo, hi;
+    fn_widen8(p, &lo, &hi);
+    lo <<= 16;
+    hi <<= 16;
+    fn_v4f a, b;
+    __builtin_memcpy(&a, &lo, 16);
+    __builtin_memcpy(&b, &hi, 16);
+    return fn_join8(a, b);
+#endif
+}
+
 static inline void fn_st8f_bf16(fn_bf16 *p, fn_v8f v)
 {
-    fn_v8u32 u, r, q, nan;
-    __builtin_memcpy(&u, &v, sizeof u);
-    r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    q = (u >> 16) | 0x40u;
-    nan = (fn_v8u32)((u & 0x7fffffffu) > 0x7f800000u);
-    fn_v8u16 h = __builtin_convertvector((nan & q) | (~nan & r), fn_v8u16);
-    __builtin_memcpy(p, &h, sizeof h);
+#if defined(__AVX2__)
+    __m256i u = _mm256_castps_si256((__m256)v);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
+                                                   lsb), 16);
+    __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                     _mm256_set1_epi32(0x7f800000));
+    __m256i k = _mm256_blendv_epi8(r, q, nan);
+    k = _mm256_permute4x64_epi64(_mm256_packus_epi32(k, k), 0xD8);
+    _mm_storeu_si128((__m128i *)p, _mm256_castsi256_si128(k));
+#else
+    fn_v4f a, b;
+    fn_split8(v, &a, &b);
+    fn_narrow8(p, fn_bf16_round4(a), fn_bf16_round4(b));
+#endif
 }
+
 static inline fn_v4d fn_ld4d_bf16(const fn_bf16 *p)
 {
     fn_v4d d = {fn_ld_bf16(p[0]), fn_ld_bf16(p[1]), fn_ld_bf16(p[2]), fn_ld_bf16(p[3])};
@@ -196,36 +317,25 @@ static inline void fn_st8f_f16(fn_f16 *p, fn_v8f v)
 #else
 static inline float fn_ld_f16(fn_f16 v)
 {
-    uint32_t h = (uint16_t)v, em = h & 0x7fffu, u;
-    if (em >= 0x7c00u)
-        u = 0x7f800000u | ((em & 0x3ffu) << 13);            /* inf, NaN */
-    else if (em >= 0x0400u)
-        u = (em << 13) + 0x38000000u;                        /* normal: rebias */
-    else
-        u = fn_f_bits((float)(int32_t)em * 0x1p-24f);        /* subnormal, 0: exact */
-    return fn_bits_f(u | ((h & 0x8000u) << 16));
+    fn_v4i32 h = {(uint16_t)v, 0, 0, 0};
+    return fn_f16_widen4(h)[0];
 }
 static inline fn_f16 fn_st_f16(float f)
 {
-    uint32_t u = fn_f_bits(f), sign = (u >> 16) & 0x8000u, h;
-    u &= 0x7fffffffu;
-    if (u >= 0x47800000u)                       /* 2^16 and up: inf, or NaN */
-        h = u > 0x7f800000u ? 0x7e00u | ((u >> 13) & 0x3ffu) : 0x7c00u;
-    else if (u < 0x38800000u)                   /* below 2^-14: subnormal or 0 */
-        h = fn_f_bits(fn_bits_f(u) + 0.5f) - 0x3f000000u;   /* RNE by the addition */
-    else                                        /* normal: RNE on the integer */
-        h = (u + 0xc8000fffu + ((u >> 13) & 1u)) >> 13;
-    return (fn_f16)(h | sign);
+    fn_v4f v = {f, 0.0f, 0.0f, 0.0f};
+    return (fn_f16)fn_f16_round4(v)[0];
 }
 static inline fn_v8f fn_ld8f_f16(const fn_f16 *p)
 {
-    fn_v8f f;
-    for (int j = 0; j < 8; j++) f[j] = fn_ld_f16(p[j]);
-    return f;
+    fn_v4i32 lo, hi;
+    fn_widen8((const uint16_t *)p, &lo, &hi);
+    return fn_join8(fn_f16_widen4(lo), fn_f16_widen4(hi));
 }
 static inline void fn_st8f_f16(fn_f16 *p, fn_v8f v)
 {
-    for (int j = 0; j < 8; j++) p[j] = fn_st_f16(v[j]);
+    fn_v4f a, b;
+    fn_split8(v, &a, &b);
+    fn_narrow8((uint16_t *)p, fn_f16_round4(a), fn_f16_round4(b));
 }
 #endif
 static inline fn_f16 fn_std_f16(double v) { return fn_st_f16(fn_d2f_odd(v)); }
