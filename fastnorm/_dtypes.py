@@ -77,13 +77,20 @@ def is_sixteen(dt):
     return dt.itemsize == 2
 
 
+_VIEWS = {np.dtype(np.float16): _KERNEL_VIEW["float16"]}
+
+
 def kernel_view(a):
     """a as the kernels take it: itself for float32/float64, a view of its
     bits for 16-bit data (ml_dtypes arrays export no buffer, and the
     kernels' typed memoryviews know no 'e')."""
-    if a.dtype.itemsize != 2:
+    dt = a.dtype
+    if dt.itemsize != 2:
         return a
-    return a.view(_KERNEL_VIEW[a.dtype.name])
+    v = _VIEWS.get(dt)
+    if v is None:
+        v = _VIEWS[dt] = _KERNEL_VIEW[dt.name]
+    return a.view(v)
 
 
 def param_dtypes(data):

@@ -61,17 +61,42 @@ cdef int eval_coefficients(const storage *rm, const storage *rv,
     return 1
 
 
-cdef int eval_call(const storage *x, storage *y, const Py_buffer *v, int64_t N,
-                   int64_t C, int64_t L, double eps, double *k) except -1:
-    """Coefficients from the parameter buffers v[2:8], then the affine pass;
-    0 when eval_coefficients declines."""
-    if not eval_coefficients(<const storage *>v[2].buf, <const storage *>v[3].buf,
-                             <const storage *>v[4].buf, <const storage *>v[5].buf, eps,
-                             C, <double *>v[6].buf, <double *>v[7].buf, k):
-        return 0
-    elementwise(OP_AFFINE, x, <const storage *>NULL, y, N, C, L, 1, k, k + C, k + 2 * C,
-                k + 2 * C)
-    return 1
+cdef int coefficients(char pfmt, const Py_buffer *v, double eps, int64_t C,
+                      double *k) noexcept:
+    """eval_coefficients from the parameter buffers v[2:8], of format pfmt."""
+    if pfmt == b"f":
+        return eval_coefficients(<const float *>v[2].buf, <const float *>v[3].buf,
+                                 <const float *>v[4].buf, <const float *>v[5].buf, eps, C,
+                                 <double *>v[6].buf, <double *>v[7].buf, k)
+    if pfmt == b"d":
+        return eval_coefficients(<const double *>v[2].buf, <const double *>v[3].buf,
+                                 <const double *>v[4].buf, <const double *>v[5].buf, eps, C,
+                                 <double *>v[6].buf, <double *>v[7].buf, k)
+    if pfmt == b"H":
+        return eval_coefficients(<const fn_bf16 *>v[2].buf, <const fn_bf16 *>v[3].buf,
+                                 <const fn_bf16 *>v[4].buf, <const fn_bf16 *>v[5].buf, eps,
+                                 C, <double *>v[6].buf, <double *>v[7].buf, k)
+    return eval_coefficients(<const fn_f16 *>v[2].buf, <const fn_f16 *>v[3].buf,
+                             <const fn_f16 *>v[4].buf, <const fn_f16 *>v[5].buf, eps, C,
+                             <double *>v[6].buf, <double *>v[7].buf, k)
+
+
+cdef int affine_call(char fmt, const void *x, void *y, int64_t N, int64_t C, int64_t L,
+                     const double *k) except -1:
+    """The affine pass over data of format fmt (one branch per storage type)."""
+    if fmt == b"f":
+        elementwise(OP_AFFINE, <const float *>x, <const float *>NULL, <float *>y, N, C, L, 1,
+                    k, k + C, k + 2 * C, k + 2 * C)
+    elif fmt == b"d":
+        elementwise(OP_AFFINE, <const double *>x, <const double *>NULL, <double *>y, N, C, L,
+                    1, k, k + C, k + 2 * C, k + 2 * C)
+    elif fmt == b"H":
+        elementwise(OP_AFFINE, <const fn_bf16 *>x, <const fn_bf16 *>NULL, <fn_bf16 *>y, N, C,
+                    L, 1, k, k + C, k + 2 * C, k + 2 * C)
+    else:
+        elementwise(OP_AFFINE, <const fn_f16 *>x, <const fn_f16 *>NULL, <fn_f16 *>y, N, C, L,
+                    1, k, k + C, k + 2 * C, k + 2 * C)
+    return 0
 
 
 def batch_eval(x, out, running_mean, running_var, weight, bias, double eps,
@@ -80,10 +105,13 @@ def batch_eval(x, out, running_mean, running_var, weight, bias, double eps,
 
     out = (x - running_mean) / sqrt(running_var + eps) * weight + bias, with
     the coefficients of eval_coefficients, so the same bits as the general
-    path.  x: C-contiguous ndarray (N, C, *) of float32 or float64 with
-    N * L > 0; out: a writable C-contiguous array of x's size and dtype;
-    running_mean, running_var, weight, bias: (C,) arrays of x's dtype (weight
-    and bias may be None); mean, invstd: writable (C,) float64, receive what a
+    path.  x: C-contiguous ndarray (N, C, *) of float32 or float64, or the
+    bits of 16-bit data (uint16 for bfloat16, int16 for float16:
+    fastnorm/_dtypes.kernel_view), with N * L > 0; out: a writable
+    C-contiguous array of x's size and dtype; running_mean, running_var,
+    weight, bias: (C,) arrays of x's dtype, or for 16-bit data of float32
+    (mixed) (weight and bias may be None); mean, invstd: writable (C,)
+    float64, receive what a
     backward call needs.  out may be x itself (same memory), not a partial
     overlap.  Returns 1 when done, 2 when done in place (out's memory is
     x's), 0, with nothing written, when an argument is not exactly that or a
@@ -93,20 +121,28 @@ def batch_eval(x, out, running_mean, running_var, weight, bias, double eps,
     """
     cdef Py_buffer v[8]
     cdef bint got[8]            # v[i] holds a buffer to release
-    cdef int held = 0, i, done
-    cdef char fmt
+    cdef int held = 0, i
+    cdef char fmt, pfmt
     cdef Py_ssize_t C, N, L, d
     cdef double buf[3 * 64]
     cdef double *k = buf
     dt = getattr(x, "dtype", None)
-    if dt is None or dt.kind != "f":
+    if dt is None:
         return 0
-    if dt.itemsize == 4:
+    if dt.kind == "f" and dt.itemsize == 4:
         fmt = b"f"
-    elif dt.itemsize == 8:
+    elif dt.kind == "f" and dt.itemsize == 8:
         fmt = b"d"
+    elif dt.kind == "u" and dt.itemsize == 2:
+        fmt = b"H"              # bfloat16 bits
+    elif dt.kind == "i" and dt.itemsize == 2:
+        fmt = b"h"              # float16 bits
     else:
         return 0
+    # parameters: the data's format, or float32 for 16-bit data (mixed)
+    pdt = getattr(running_mean, "dtype", None)
+    pfmt = b"f" if (fmt in (b"H", b"h") and pdt is not None and pdt.kind == "f"
+                    and pdt.itemsize == 4) else fmt
     try:
         got[0] = take_buffer(x, &v[0], 0, fmt, -1)
         held = 1
@@ -135,11 +171,11 @@ def batch_eval(x, out, running_mean, running_var, weight, bias, double eps,
             return 0
         for o in (running_mean, running_var, weight, bias):
             v[held].buf = NULL
-            got[held] = o is not None and take_buffer(o, &v[held], 0, fmt, C)
+            got[held] = o is not None and take_buffer(o, &v[held], 0, pfmt, C)
             held += 1
             if o is not None and not got[held - 1]:
                 return 0
-            if got[held - 1] and (<size_t>v[held - 1].buf) % v[0].itemsize:
+            if got[held - 1] and (<size_t>v[held - 1].buf) % v[held - 1].itemsize:
                 return 0        # unaligned: the general path copies it
         for o in (mean, invstd):
             got[held] = take_buffer(o, &v[held], 1, b"d", C)
@@ -152,14 +188,9 @@ def batch_eval(x, out, running_mean, running_var, weight, bias, double eps,
             k = <double *>malloc(3 * C * sizeof(double))
             if k == NULL:
                 raise MemoryError()
-        # one branch per storage type (its buffer format)
-        if fmt == b"f":
-            done = eval_call(<const float *>v[0].buf, <float *>v[1].buf, v, N, C, L, eps, k)
-        else:
-            done = eval_call(<const double *>v[0].buf, <double *>v[1].buf, v, N, C, L, eps,
-                             k)
-        if not done:
+        if not coefficients(pfmt, v, eps, C, k):
             return 0
+        affine_call(fmt, v[0].buf, v[1].buf, N, C, L, k)
         return 2 if v[1].buf == v[0].buf else 1
     finally:
         if k != buf:

@@ -10,8 +10,11 @@ from . import _switchable as _sn
 from . import _checks as ck
 from . import _forksafe
 from . import _pool
-from ._dtypes import param_dtypes, storage_name
+from ._dtypes import SIXTEEN, kernel_view, param_dtypes, storage_name
 from ._native import kernels as _kernels
+
+
+_F32 = np.dtype(np.float32)
 
 
 class Module:
@@ -274,14 +277,16 @@ class _BatchNorm(_NormBase):
         """
         rm = self.running_mean
         eps = self.eps
-        if (type(x) is not np.ndarray or rm is None or x.dtype is not self.dtype
+        dt = x.dtype if type(x) is np.ndarray else None
+        if (dt is None or rm is None or (dt is not self.dtype and not (
+                dt.itemsize == 2 and self.dtype is _F32 and dt.name in SIXTEEN))
                 or x.ndim not in self._ndims or x.shape[1] != self.num_features
                 or type(eps) is not float or not 0.0 < eps < np.inf):
             return None
         if out is None:
-            y = (np.empty(x.shape, x.dtype) if x.nbytes < _pool.THRESHOLD
-                 else _pool.empty(x.shape, x.dtype))
-        elif type(out) is np.ndarray and out.shape == x.shape and out.dtype is x.dtype:
+            y = (np.empty(x.shape, dt) if x.nbytes < _pool.THRESHOLD
+                 else _pool.empty(x.shape, dt))
+        elif type(out) is np.ndarray and out.shape == x.shape and out.dtype is dt:
             y = out
         else:
             return None
@@ -289,8 +294,15 @@ class _BatchNorm(_NormBase):
         if scratch is None:
             C = self.num_features
             scratch = self._eval_scratch = (np.empty(C), np.empty(C))
-        done = _kernels.batch_eval(x, y, rm, self.running_var, self.weight, self.bias,
-                                   eps, scratch[0], scratch[1])
+        if dt.itemsize == 2:
+            done = _kernels.batch_eval(kernel_view(x), kernel_view(y), kernel_view(rm),
+                                       kernel_view(self.running_var),
+                                       None if self.weight is None else kernel_view(self.weight),
+                                       None if self.bias is None else kernel_view(self.bias),
+                                       eps, scratch[0], scratch[1])
+        else:
+            done = _kernels.batch_eval(x, y, rm, self.running_var, self.weight, self.bias,
+                                       eps, scratch[0], scratch[1])
         if not done:
             return None         # not the common call: general path
         shape = x.shape
