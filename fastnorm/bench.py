@@ -39,6 +39,11 @@ Methodology
   shapes.  A layer with no peer written here (SwitchableNorm, SyncBatchNorm
   on one process) is timed against its float64 NumPy twin
   (fastnorm/_reference.py, the data upcast) as the ``numpy`` peer.
+* ``--dtype bfloat16`` or ``float16``: the data is 16-bit and every layer's
+  parameters float32 (PyTorch's mixed type); ``torch`` runs the same 16-bit
+  tensors, ``numpy`` computes on the float32 upcast (conversion not timed),
+  ``onnxruntime`` runs float16 models only, and peer ``float32`` is
+  fastnorm itself on the float32 upcast: the speed-up of 16-bit storage.
 * ``onnxruntime`` (when it and the ``onnx`` package are installed) runs a
   one-node ONNX model of the layer (inference only: forward and eval rows)
   with ``intra_op_num_threads`` set to the row's thread count.
@@ -59,9 +64,10 @@ import threadpoolctl
 
 import fastnorm
 from fastnorm._catalogue import CATALOGUE
+from fastnorm._dtypes import as_dtype
 from fastnorm._native import kernels as _kernels
 
-PEERS = ("numpy", "torch", "onnxruntime")
+PEERS = ("numpy", "torch", "onnxruntime", "float32")
 BYTES_PER_S = {"train": 3, "eval": 2, "eval-out": 2, "backward": 5}
 ALL_MODES = ("train", "eval", "eval-out", "forward", "backward")
 BYTE_MODEL = ("GB/s: bytes fastnorm moves per call / its median, with S = x.nbytes: "
@@ -84,21 +90,63 @@ class Bench:
         threads (fastnorm's and torch's are set around it by run_row), or None."""
         return getattr(self, "_" + impl)(mode, s, threads)
 
+    def _float32(self, mode, s, threads):
+        """fastnorm itself in float32 on the same values, for 16-bit rows (the
+        speed-up of 16-bit storage): None for other dtypes."""
+        if s["x"].dtype.itemsize != 2:
+            return None
+        if "float32" not in s:
+            # the same parameters (float32 already: mixed) and values
+            import copy
+            s32 = {k: (copy.deepcopy(v) if k == "layer" else v) for k, v in s.items()
+                   if k != "float32"}
+            s32["x"], s32["g"] = s["x"].astype(np.float32), s["g"].astype(np.float32)
+            s32["xn"], s32["gn"] = s32["x"], s32["g"]
+            s["float32"] = s32
+        return self._fastnorm(mode, s["float32"], threads)
+
 
 def _torch_callable(layer, x, g, mode):
     """torch: the forward without autograd, or the input gradient of a
     retained graph (backward)."""
     import torch
-    x = torch.from_numpy(x)
+    x = _to_torch(x)
     if mode == "backward":
         x.requires_grad_(True)
         y = layer(x)
-        return partial(torch.autograd.grad, y, x, torch.from_numpy(g), retain_graph=True)
+        return partial(torch.autograd.grad, y, x, _to_torch(g), retain_graph=True)
 
     def forward():
         with torch.no_grad():
             return layer(x)
     return forward
+
+
+def _rand(rng, shape, dtype):
+    """Standard normal data of `dtype` (16-bit: drawn in float32, rounded)."""
+    dt = np.dtype(dtype)
+    if dt.itemsize == 2:
+        return rng.standard_normal(shape, dtype=np.float32).astype(dt)
+    return rng.standard_normal(shape, dtype=dt)
+
+
+def _param_dtype(dtype):
+    """Parameters of a benchmarked layer: float32 for 16-bit data (mixed, as
+    PyTorch's CPU norms), else the data's dtype."""
+    return np.dtype(np.float32) if np.dtype(dtype).itemsize == 2 else np.dtype(dtype)
+
+
+def _np(a):
+    """The array NumPy peers compute on: 16-bit data upcast to float32."""
+    return a.astype(np.float32) if a.dtype.itemsize == 2 else a
+
+
+def _to_torch(a):
+    """A torch tensor of a's values and dtype (bfloat16 through its bits)."""
+    import torch
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 class BatchNormBench(Bench):
@@ -117,13 +165,14 @@ class BatchNormBench(Bench):
     def setup(self, shape, dtype, rng):
         """Inputs and per-channel state shared by all implementations."""
         C = shape[1]
-        s = {"x": rng.standard_normal(shape, dtype=dtype),
-             "g": rng.standard_normal(shape, dtype=dtype),
-             "w": (1 + 0.1 * rng.standard_normal(C)).astype(dtype),
-             "b": (0.1 * rng.standard_normal(C)).astype(dtype),
-             "rm": (0.1 * rng.standard_normal(C)).astype(dtype),
-             "rv": rng.uniform(0.5, 1.5, C).astype(dtype),
+        pdt = _param_dtype(dtype)
+        s = {"x": _rand(rng, shape, dtype), "g": _rand(rng, shape, dtype),
+             "w": (1 + 0.1 * rng.standard_normal(C)).astype(pdt),
+             "b": (0.1 * rng.standard_normal(C)).astype(pdt),
+             "rm": (0.1 * rng.standard_normal(C)).astype(pdt),
+             "rv": rng.uniform(0.5, 1.5, C).astype(pdt),
              "eps": 1e-5, "momentum": 0.1}
+        s["xn"], s["gn"] = _np(s["x"]), _np(s["g"])
         return s
 
     def _bcast(self, v):
@@ -132,7 +181,7 @@ class BatchNormBench(Bench):
     def _fastnorm(self, mode, s, threads):
         x = s["x"]
         layer = getattr(fastnorm, self.title)(x.shape[1], eps=s["eps"],
-                                              momentum=s["momentum"], dtype=x.dtype)
+                                              momentum=s["momentum"], dtype=s["w"].dtype)
         layer.weight[...], layer.bias[...] = s["w"], s["b"]
         layer.running_mean[...], layer.running_var[...] = s["rm"], s["rv"]
         if mode == "backward":
@@ -145,7 +194,7 @@ class BatchNormBench(Bench):
         return partial(layer, x)
 
     def _numpy(self, mode, s, threads):
-        x, w, b, eps, m = s["x"], s["w"], s["b"], s["eps"], s["momentum"]
+        x, w, b, eps, m = s["xn"], s["w"], s["b"], s["eps"], s["momentum"]
         axes = tuple(i for i in range(x.ndim) if i != 1)
         n = x.size // x.shape[1]
         bc = self._bcast
@@ -173,7 +222,7 @@ class BatchNormBench(Bench):
                 np.multiply(x, bc(scale), out=out)
                 return np.add(out, bc(shift), out=out)
             return evaluate
-        g = s["g"]
+        g = s["gn"]
         mean = bc(x.mean(axis=axes))                  # saved by the forward
         invstd = 1 / np.sqrt(bc(x.var(axis=axes)) + eps)
 
@@ -199,7 +248,7 @@ class BatchNormBench(Bench):
         x = s["x"]
         layer = getattr(torch.nn, self.title)(x.shape[1], eps=s["eps"],
                                               momentum=s["momentum"],
-                                              dtype=getattr(torch, x.dtype.name))
+                                              dtype=getattr(torch, s["w"].dtype.name))
         with torch.no_grad():
             for p, k in ((layer.weight, "w"), (layer.bias, "b"),
                          (layer.running_mean, "rm"), (layer.running_var, "rv")):
@@ -214,6 +263,10 @@ def _ort_callable(op, x, inits, attrs, opset, threads):
     this ONNX Runtime cannot run it."""
     import onnxruntime as ort
     from onnx import helper, numpy_helper
+    if x.dtype.name == "bfloat16":
+        return None                     # no bfloat16 kernels of these ops on CPU
+    if x.dtype.itemsize == 2:           # float16 models: float16 initializers
+        inits = {k: np.asarray(v).astype(x.dtype) for k, v in inits.items()}
     elem = helper.np_dtype_to_tensor_dtype(x.dtype)
     node = helper.make_node(op, ["x"] + list(inits), ["y"], **attrs)
     graph = helper.make_graph(
@@ -263,9 +316,9 @@ class RowsBench(Bench):
         self.rank = None
 
     def setup(self, shape, dtype, rng):
-        layer = self._make(shape, dtype)
-        s = {"x": rng.standard_normal(shape, dtype=dtype),
-             "g": rng.standard_normal(shape, dtype=dtype), "layer": layer}
+        layer = self._make(shape, _param_dtype(dtype))
+        s = {"x": _rand(rng, shape, dtype), "g": _rand(rng, shape, dtype), "layer": layer}
+        s["xn"], s["gn"] = _np(s["x"]), _np(s["g"])
         if getattr(layer, "weight", None) is not None:
             layer.weight[...] = 1 + 0.1 * rng.standard_normal(layer.weight.shape)
         if getattr(layer, "bias", None) is not None:
@@ -280,8 +333,8 @@ class RowsBench(Bench):
         return partial(layer, x)
 
     def _numpy(self, mode, s, threads):
-        layer, x, g = s["layer"], s["x"], s["g"]
-        eps = layer._eps("bench") if hasattr(layer, "_eps") else layer.eps
+        layer, x, g = s["layer"], s["xn"], s["gn"]
+        eps = layer._eps("bench", s["x"].dtype) if hasattr(layer, "_eps") else layer.eps
         w = getattr(layer, "weight", None)
         b = getattr(layer, "bias", None)
         wv = self._weight_of(x, w) if w is not None else None
@@ -341,7 +394,7 @@ class LRNBench(RowsBench):
     def _numpy(self, mode, s, threads):
         if mode != "forward":
             return None
-        layer, x = s["layer"], s["x"]
+        layer, x = s["layer"], s["xn"]
         size, alpha, beta, k = layer.size, layer.alpha, layer.beta, layer.k
         C = x.shape[1]
 
@@ -389,9 +442,8 @@ class TwinBench(Bench):
         return len(shape) in self.entry.ranks and len(shape) >= 2
 
     def setup(self, shape, dtype, rng):
-        return {"x": rng.standard_normal(shape, dtype=dtype),
-                "g": rng.standard_normal(shape, dtype=dtype),
-                "layer": self.entry.layer(shape, dtype, rng)}
+        return {"x": _rand(rng, shape, dtype), "g": _rand(rng, shape, dtype),
+                "layer": self.entry.layer(shape, _param_dtype(dtype), rng)}
 
     def _fastnorm(self, mode, s, threads):
         layer, x = s["layer"], s["x"]
@@ -660,14 +712,22 @@ def measure(fns, repeat, min_time):
 
 
 def _result_array(r):
+    """A result as a float64 array (torch tensors, 16-bit arrays)."""
     r = r[0] if isinstance(r, tuple) else r
-    return r.detach().numpy() if hasattr(r, "detach") else np.asarray(r)
+    if hasattr(r, "detach"):
+        r = r.detach().float() if str(r.dtype) == "torch.bfloat16" else r.detach()
+        r = r.numpy()
+    return np.asarray(r).astype(np.float64)
+
+
+# tolerance of the agreement check, by data dtype
+AGREE = {"float32": 1e-3, "float64": 1e-9, "float16": 1e-2, "bfloat16": 5e-2}
 
 
 def check_agreement(fns, dtype):
     """Max abs difference of each peer's result from fastnorm's (one call each)."""
     ref = _result_array(fns["fastnorm"]())
-    tol = 1e-3 if dtype == np.float32 else 1e-9
+    tol = AGREE[np.dtype(dtype).name]
     diffs = {}
     for k, f in fns.items():
         if k != "fastnorm":
@@ -708,8 +768,11 @@ def parse_args(argv):
     p.add_argument("--shapes", type=lambda s: [_shape(x) for x in _csv(s)],
                    help="comma list of shapes like 32x64x56x56; replaces the "
                         "layers' default shapes")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="dtype of the data and of every implementation (default float32)")
+    p.add_argument("--dtype", choices=("float32", "float64", "float16", "bfloat16"),
+                   default="float32",
+                   help="dtype of the data (default float32); 16-bit data runs with float32 "
+                        "parameters (mixed, as PyTorch's CPU norms), its NumPy peer on the "
+                        "float32 upcast, ONNX Runtime in float16 only")
     p.add_argument("--threads", type=_csv,
                    help="comma list of thread counts (default: OpenMP max threads, "
                         f"here {_kernels.max_threads()})")
@@ -717,7 +780,8 @@ def parse_args(argv):
                    help="comma list of train, eval, backward (eval also times "
                         "eval-out, which may be named alone); default: all the case defines")
     p.add_argument("--compare", type=_csv, default=list(PEERS),
-                   help="comma list of peers from numpy, torch, onnxruntime (default: "
+                   help="comma list of peers from numpy, torch, onnxruntime and float32 "
+                        "(fastnorm on the float32 upcast, 16-bit --dtype only) (default: "
                         "all); a peer not installed is named in the header and skipped")
     p.add_argument("--repeat", type=int, default=15, help="samples per row (default 15)")
     p.add_argument("--min-time", type=float, default=0.01,
@@ -811,18 +875,28 @@ def run_row(spec, s, mode, nthreads, peers, args, torch):
             torch.set_num_threads(nthreads)
         fns = {"fastnorm": spec.build("fastnorm", mode, s, nthreads)}
         for peer in peers:
-            fn = spec.build(peer, mode, s, nthreads)
-            if fn is not None:
-                fns[peer] = fn
+            try:
+                fn = spec.build(peer, mode, s, nthreads)
+                if fn is not None:
+                    fn()                # a peer that cannot run this case: "-"
+                    fns[peer] = fn
+            except Exception as e:  # noqa: BLE001 - e.g. torch: an op without bfloat16
+                print(f"note: {peer} cannot run {spec.title} {mode} in {s['x'].dtype}: "
+                      f"{str(e).splitlines()[0][:120]}", file=sys.stderr)
         diffs = check_agreement(fns, s["x"].dtype)
         return measure(fns, args.repeat, args.min_time), diffs
 
 
 def main(argv=None):
+    import warnings
+    # PyTorch: "Mismatch dtype between input and weight ... not fused" for
+    # 16-bit data with float32 weights, its own mixed type: not our business
+    warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
     args = parse_args(argv)
     env, torch = environment(args.compare)
     peers = [p for p in args.compare if not (p == "torch" and torch is None)
-             and not (p == "onnxruntime" and env["onnxruntime_skipped"])]
+             and not (p == "onnxruntime" and env["onnxruntime_skipped"])
+             and not (p == "float32" and as_dtype(args.dtype).itemsize != 2)]
     out = sys.stdout
     progress = sys.stderr.isatty() and not args.quiet
     if args.copy_mib > 0:
@@ -837,7 +911,7 @@ def main(argv=None):
         print("note: fastnorm was built without OpenMP; its rows run on one thread\n",
               file=out)
 
-    dtype = np.dtype(args.dtype)
+    dtype = as_dtype(args.dtype)
     rows = [(spec, shape, mode, t) for spec, shape, modes in args.cases
             for mode in modes for t in args.threads]
     names = [f"{spec.title} {'x'.join(map(str, shape))}" for spec, shape, _, _ in rows]
