@@ -1,12 +1,14 @@
-"""Build of fastnorm's extensions: fastnorm._kernels (with its AVX2 copy) and fastnorm._pool.
+"""Build of fastnorm's extensions: fastnorm._kernels (with its AVX2 and AVX-512 copies) and fastnorm._pool.
 
 OpenMP is used when the compiler accepts -fopenmp (checked by compiling and
 linking a small program); otherwise the extension is built serial and a
 warning says so.  Setting FASTNORM_DISABLE_OPENMP=1 forces the serial build.
 The flags target any x86-64 CPU (no -march=native): the same build goes into a
 wheel.  On x86-64 the same source is compiled a second time with -mavx2 -mf16c as
-fastnorm._kernels_avx2, which fastnorm._native loads on CPUs with AVX2 (both
-copies round identically); FASTNORM_DISABLE_AVX2=1 skips that copy.
+fastnorm._kernels_avx2, and a third time with AVX-512 (F, VL, BW, DQ, BF16) as
+fastnorm._kernels_avx512; fastnorm._native loads the widest copy the CPU runs
+(all copies round identically).  FASTNORM_DISABLE_AVX2=1 skips both SIMD
+copies, FASTNORM_DISABLE_AVX512=1 the AVX-512 one.
 
 FASTNORM_SANITIZE=address,undefined (any comma-separated list of GCC/Clang
 sanitizers) builds every extension instrumented: -fsanitize=<list>
@@ -77,16 +79,32 @@ int main(void) {
 """
 
 
-def compiler_has_avx2(compiler):
-    """Compile a small AVX2 program with the build's compiler (x86-64 only)."""
+AVX512_TEST = r"""
+#include <immintrin.h>
+int main(void) {
+    __m512 a = _mm512_set1_ps(1.0f);
+    __m256i h = (__m256i)_mm512_cvtneps_pbh(a);
+    __mmask16 k = _mm512_testn_epi32_mask(_mm512_castps_si512(a), _mm512_set1_epi32(1));
+    return _mm256_extract_epi16(h, 0) == 0x3f80 && k == 0xffff ? 0 : 1;
+}
+"""
+
+AVX2_FLAGS = ["-mavx2", "-mf16c"]
+# no -mfma use: contraction is off (-ffp-contract=off) and no FMA is called
+AVX512_FLAGS = AVX2_FLAGS + ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq",
+                             "-mavx512bf16"]
+
+
+def compiler_has(compiler, code, flags):
+    """Compile a small SIMD program with the build's compiler (x86-64 only)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    tmp = tempfile.mkdtemp(prefix="fastnorm-avx2-")
+    tmp = tempfile.mkdtemp(prefix="fastnorm-simd-")
     try:
-        src = os.path.join(tmp, "avx2_test.c")
+        src = os.path.join(tmp, "simd_test.c")
         with open(src, "w") as f:
-            f.write(AVX2_TEST)
-        compiler.compile([src], output_dir=tmp, extra_postargs=["-mavx2", "-mf16c"])
+            f.write(code)
+        compiler.compile([src], output_dir=tmp, extra_postargs=flags)
         return True
     except Exception:
         return False
@@ -117,8 +135,8 @@ class BuildExt(build_ext):
     def finalize_options(self):
         super().finalize_options()
         if not self.parallel:
-            # the three extensions compile side by side (-j), one per core
-            self.parallel = max(1, min(3, os.cpu_count() or 1))
+            # the extensions compile side by side (-j), one per core
+            self.parallel = max(1, min(4, os.cpu_count() or 1))
 
     def build_extensions(self):
         use_omp = os.environ.get("FASTNORM_DISABLE_OPENMP", "") in ("", "0")
@@ -131,9 +149,13 @@ class BuildExt(build_ext):
             )
             print("WARNING: fastnorm is built WITHOUT OpenMP", file=sys.stderr)
         use_avx2 = (os.environ.get("FASTNORM_DISABLE_AVX2", "") in ("", "0")
-                    and compiler_has_avx2(self.compiler))
-        if not use_avx2:
-            skipped = [e for e in self.extensions if e.name.endswith("_avx2")]
+                    and compiler_has(self.compiler, AVX2_TEST, AVX2_FLAGS))
+        use_avx512 = (use_avx2 and os.environ.get("FASTNORM_DISABLE_AVX512", "") in ("", "0")
+                      and compiler_has(self.compiler, AVX512_TEST, AVX512_FLAGS))
+        skipped = [e for e in self.extensions
+                   if (e.name.endswith("_avx2") and not use_avx2)
+                   or (e.name.endswith("_avx512") and not use_avx512)]
+        if skipped:
             self.extensions = [e for e in self.extensions if e not in skipped]
             for e in skipped:
                 # an AVX2 copy left in the build directory by an earlier build
@@ -154,9 +176,10 @@ class BuildExt(build_ext):
                 "-Wno-psabi"] + san_c + extra_c
             ext.extra_link_args = san_l + extra_l
             if ext.name.endswith("_avx2"):
-                # AVX2 and F16C (float16 conversions): no -mfma (and
-                # contraction is off anyway)
-                ext.extra_compile_args += ["-mavx2", "-mf16c"]
+                # AVX2 and F16C (float16 conversions)
+                ext.extra_compile_args += AVX2_FLAGS
+            elif ext.name.endswith("_avx512"):
+                ext.extra_compile_args += AVX512_FLAGS
             if use_omp:
                 ext.extra_compile_args.append("-fopenmp")
                 ext.extra_link_args.append("-fopenmp")
@@ -233,11 +256,11 @@ def extensions():
             depends=sorted(glob.glob("fastnorm/_kernels*.p*") + glob.glob("fastnorm/*.h")),
             include_dirs=["fastnorm"],
         )
-        for name in ("fastnorm._kernels", "fastnorm._kernels_avx2")
+        for name in ("fastnorm._kernels", "fastnorm._kernels_avx2", "fastnorm._kernels_avx512")
     ]
     exts.append(Extension("fastnorm._pool", sources=["fastnorm/_pool.pyx"]))
     return cythonize(exts, compiler_directives={"language_level": 3},
-                     nthreads=min(3, os.cpu_count() or 1))
+                     nthreads=min(4, os.cpu_count() or 1))
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

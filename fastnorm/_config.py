@@ -60,10 +60,12 @@ def config():
     cc = build.get("compiler_command", [])[1:]      # the flags Python's build adds
     base = exts.get("fastnorm._kernels", {}).get("compile_args")
     avx2 = exts.get("fastnorm._kernels_avx2", {}).get("compile_args")
+    avx512 = exts.get("fastnorm._kernels_avx512", {}).get("compile_args")
     base = cc + base if base else None
     avx2 = cc + avx2 if avx2 else None
-    compiled = ["baseline"] + (["avx2"] if importlib.util.find_spec("fastnorm._kernels_avx2")
-                               else [])
+    avx512 = cc + avx512 if avx512 else None
+    compiled = ["baseline"] + [isa for isa in ("avx2", "avx512")
+                               if importlib.util.find_spec(f"fastnorm._kernels_{isa}")]
     return {
         "fastnorm": {"version": __version__, "path": os.path.dirname(os.path.abspath(__file__))},
         "python": {"version": platform.python_version(),
@@ -75,6 +77,7 @@ def config():
         "build": {"compiler": build.get("compiler", "not recorded"),
                   "compile_args": " ".join(base) if base else "not recorded",
                   "avx2_compile_args": " ".join(avx2) if avx2 else None,
+                  "avx512_compile_args": " ".join(avx512) if avx512 else None,
                   "cython": build.get("cython", "not recorded"),
                   "openmp": build.get("openmp", bool(kernels.openmp_enabled())),
                   "sanitizers": build.get("sanitizers") or "none",
@@ -83,6 +86,7 @@ def config():
         "openmp": _openmp(kernels),
         "simd": {"compiled": compiled, "in_use": kernels.isa(),
                  "cpu_has_avx2": bool(kernels.cpu_has_avx2()),
+                 "cpu_has_avx512": bool(kernels.cpu_has_avx512()),
                  ISA_ENV: os.environ.get(ISA_ENV) or "auto"},
         "threads": {"max_threads": kernels.max_threads(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
@@ -125,6 +129,8 @@ def show_config(mode="stdout"):
     ]
     if b["avx2_compile_args"]:
         rows.append(("avx2 copy flags", b["avx2_compile_args"]))
+    if b["avx512_compile_args"]:
+        rows.append(("avx512 copy flags", b["avx512_compile_args"]))
     rows += [
         ("cython", b["cython"]),
         ("built for", f"Python {b['python']} on {b['platform']}; sanitizers: {b['sanitizers']}"),
@@ -135,7 +141,8 @@ def show_config(mode="stdout"):
     rows += [
         ("simd compiled", ", ".join(s["compiled"])),
         ("simd in use", f"{s['in_use']} (FASTNORM_ISA={s['FASTNORM_ISA']}; CPU has AVX2: "
-                        f"{'yes' if s['cpu_has_avx2'] else 'no'})"),
+                        f"{'yes' if s['cpu_has_avx2'] else 'no'}, AVX-512 (F VL BW DQ BF16): "
+                        f"{'yes' if s['cpu_has_avx512'] else 'no'})"),
         ("threads", f"{t['max_threads']} for this thread (OMP_NUM_THREADS="
                     f"{t['OMP_NUM_THREADS'] or 'unset'}; threadpoolctl limits apply)"),
         ("fork", "this process is a forked child whose OpenMP pool could not be reset: "

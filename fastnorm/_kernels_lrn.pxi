@@ -11,13 +11,15 @@ cdef extern from "_loops_lrn.h" nogil:
     void fn_lrn_bwd(const void *x, const void *dy, void *dx, int64_t C, int64_t L,
                     int64_t l0, int64_t ln, int64_t size, double alpha, double beta,
                     double k, double *den, double *t, double *pre, double *suf)
+    enum: FN_LRN_STRIP
 
 
 cdef inline int64_t lrn_strip(int64_t C, int64_t L) noexcept nogil:
-    """Columns per strip: scratch of 4 * C * strip doubles stays ~1 MiB."""
+    """Columns per strip: scratch of 4 * C * strip doubles stays ~1 MiB; at
+    most FN_LRN_STRIP (the loops' row buffers)."""
     cdef int64_t s = 32768 // C
-    if s > 256:
-        s = 256
+    if s > FN_LRN_STRIP:
+        s = FN_LRN_STRIP
     if s < 4:
         s = 4
     if s > L:

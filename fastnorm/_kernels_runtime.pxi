@@ -35,10 +35,14 @@ cdef extern from "_omp_shim.h" nogil:
 cdef extern from *:
     """
     /* Which instruction set this copy of the kernels was compiled for (the
-     * same source is built twice: baseline x86-64 and -mavx2 -mf16c), and
-     * whether the CPU running it has AVX2 and F16C (CPUID, OS support of the
-     * YMM state): every AVX2 CPU made has F16C, the check is for safety. */
-    #ifdef __AVX2__
+     * same source is built three times: baseline x86-64, -mavx2 -mf16c, and
+     * AVX-512 F/VL/BW/DQ/BF16), and whether the CPU running it has what each
+     * copy uses (CPUID and the OS's support of the YMM / ZMM state, which
+     * __builtin_cpu_supports checks): every AVX2 CPU made has F16C, the
+     * check is for safety. */
+    #if defined(__AVX512F__)
+    #define FN_ISA "avx512"
+    #elif defined(__AVX2__)
     #define FN_ISA "avx2"
     #else
     #define FN_ISA "baseline"
@@ -52,9 +56,22 @@ cdef extern from *:
         return 0;
     #endif
     }
+    static int fn_cpu_has_avx512(void)
+    {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+        return fn_cpu_has_avx2() && __builtin_cpu_supports("avx512f") != 0
+            && __builtin_cpu_supports("avx512vl") != 0
+            && __builtin_cpu_supports("avx512bw") != 0
+            && __builtin_cpu_supports("avx512dq") != 0
+            && __builtin_cpu_supports("avx512bf16") != 0;
+    #else
+        return 0;
+    #endif
+    }
     """
     const char *FN_ISA
     int fn_cpu_has_avx2()
+    int fn_cpu_has_avx512()
 
 cdef int g_threads_used = 1
 
@@ -136,7 +153,7 @@ def stream_copy(const unsigned char[::1] src, unsigned char[::1] dst):
 
 def isa():
     """Instruction set this copy of the kernels was compiled for:
-    'baseline' (any x86-64, SSE2) or 'avx2'."""
+    'baseline' (any x86-64, SSE2), 'avx2' or 'avx512'."""
     return FN_ISA.decode()
 
 
@@ -144,6 +161,12 @@ def cpu_has_avx2():
     """True when the running CPU (and OS) supports AVX2 (and F16C, which the
     AVX2 copy uses for float16)."""
     return bool(fn_cpu_has_avx2())
+
+
+def cpu_has_avx512():
+    """True when the running CPU (and OS) supports what the AVX-512 copy uses:
+    AVX2, F16C and AVX-512 F, VL, BW, DQ and BF16."""
+    return bool(fn_cpu_has_avx512())
 
 
 def storage_types():

@@ -24,14 +24,11 @@ static inline double fn_sum_##SUF(const S *x, int64_t n)                      \
     double t = 0.0;                                                           \
     int64_t i = 0;                                                            \
     for (; i + FN_SBLOCK <= n; i += FN_SBLOCK) {                              \
-        fn_v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                        \
-        for (int j = 0; j < FN_SBLOCK; j += 32) {                             \
-            a0 += fn_ld8f_##SUF(x + i + j);                                   \
-            a1 += fn_ld8f_##SUF(x + i + j + 8);                               \
-            a2 += fn_ld8f_##SUF(x + i + j + 16);                              \
-            a3 += fn_ld8f_##SUF(x + i + j + 24);                              \
-        }                                                                     \
-        fn_flush8((a0 + a1) + (a2 + a3), &lo, &hi);                           \
+        fn_vf a[FN_N32] = {{0}};                                              \
+        for (int j = 0; j < FN_SBLOCK; j += 32)                               \
+            for (int k = 0; k < FN_N32; k++)                                  \
+                a[k] += fn_ldv_##SUF(x + i + j + k * FN_VL);                  \
+        fn_flush8(fn_fold32(a), &lo, &hi);                                    \
     }                                                                         \
     for (; i < n; i++) t += (double)fn_ld_##SUF(x[i]);                        \
     double total = fn_hsum(lo + hi) + t;                                      \
@@ -53,34 +50,25 @@ static inline void fn_dev_##SUF(const S *x, int64_t n, double m_,            \
                                 double *sd, double *sdd)                      \
 {                                                                             \
     float m = (float)m_;                                                      \
-    fn_v8f mv = {m, m, m, m, m, m, m, m};                                     \
+    fn_vf mv = fn_vsplat(m);                                                  \
     fn_v4d alo = {0}, ahi = {0}, blo = {0}, bhi = {0};                        \
     double ta = 0.0, tb = 0.0;                                                \
     int64_t i = 0;                                                            \
     for (; i + FN_SBLOCK <= n; i += FN_SBLOCK) {                              \
-        fn_v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                        \
-        fn_v8f b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};                        \
+        fn_vf a[FN_N32] = {{0}}, b[FN_N32] = {{0}};                           \
         /* this second pass runs from cache: ask for the n values that       \
          * follow (the next run of a thread walking memory), one line per    \
          * 64 bytes, so that the first pass over them finds them on its way */\
         for (int j = 0; j < FN_SBLOCK; j += 64 / (int)sizeof(S))              \
             __builtin_prefetch(x + n + i + j, 0, 3);                          \
-        for (int j = 0; j < FN_SBLOCK; j += 32) {                             \
-            fn_v8f d0 = fn_ld8f_##SUF(x + i + j) - mv;                        \
-            fn_v8f d1 = fn_ld8f_##SUF(x + i + j + 8) - mv;                    \
-            fn_v8f d2 = fn_ld8f_##SUF(x + i + j + 16) - mv;                   \
-            fn_v8f d3 = fn_ld8f_##SUF(x + i + j + 24) - mv;                   \
-            a0 += d0;                                                         \
-            a1 += d1;                                                         \
-            a2 += d2;                                                         \
-            a3 += d3;                                                         \
-            b0 += d0 * d0;                                                    \
-            b1 += d1 * d1;                                                    \
-            b2 += d2 * d2;                                                    \
-            b3 += d3 * d3;                                                    \
-        }                                                                     \
-        fn_flush8((a0 + a1) + (a2 + a3), &alo, &ahi);                         \
-        fn_flush8((b0 + b1) + (b2 + b3), &blo, &bhi);                         \
+        for (int j = 0; j < FN_SBLOCK; j += 32)                               \
+            for (int k = 0; k < FN_N32; k++) {                                \
+                fn_vf d = fn_ldv_##SUF(x + i + j + k * FN_VL) - mv;           \
+                a[k] += d;                                                    \
+                b[k] += d * d;                                                \
+            }                                                                 \
+        fn_flush8(fn_fold32(a), &alo, &ahi);                                  \
+        fn_flush8(fn_fold32(b), &blo, &bhi);                                  \
     }                                                                         \
     for (; i < n; i++) {                                                      \
         double d = (double)fn_ld_##SUF(x[i]) - (double)m;                     \
@@ -118,20 +106,18 @@ static inline void fn_dot_##SUF(const S *x, const S *dy, int64_t n,          \
                                 double m, double *sdy, double *sdyx)          \
 {                                                                             \
     float mf = (float)m;                                                      \
-    fn_v8f mv = {mf, mf, mf, mf, mf, mf, mf, mf};                             \
+    fn_vf mv = fn_vsplat(mf);                                                 \
     double ta = 0.0, tb = 0.0;                                                \
     int64_t i = 0;                                                            \
     for (; i + FN_BLOCK <= n; i += FN_BLOCK) {                                \
-        fn_v8f a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};                        \
-        for (int j = 0; j < FN_BLOCK; j += 16) {                              \
-            fn_v8f g0 = fn_ld8f_##SUF(dy + i + j);                            \
-            fn_v8f g1 = fn_ld8f_##SUF(dy + i + j + 8);                        \
-            a0 += g0;                                                         \
-            a1 += g1;                                                         \
-            b0 += g0 * (fn_ld8f_##SUF(x + i + j) - mv);                       \
-            b1 += g1 * (fn_ld8f_##SUF(x + i + j + 8) - mv);                   \
-        }                                                                     \
-        double a = fn_hsum8(a0 + a1), b = fn_hsum8(b0 + b1);                  \
+        fn_vf av[FN_N16] = {{0}}, bv[FN_N16] = {{0}};                         \
+        for (int j = 0; j < FN_BLOCK; j += 16)                                \
+            for (int k = 0; k < FN_N16; k++) {                                \
+                fn_vf g = fn_ldv_##SUF(dy + i + j + k * FN_VL);               \
+                av[k] += g;                                                   \
+                bv[k] += g * (fn_ldv_##SUF(x + i + j + k * FN_VL) - mv);      \
+            }                                                                 \
+        double a = fn_hsum8(fn_fold16(av)), b = fn_hsum8(fn_fold16(bv));      \
         if (!__builtin_isfinite(a) || !__builtin_isfinite(b)) {               \
             a = b = 0.0;                                                      \
             for (int j = 0; j < FN_BLOCK; j++) {                              \
@@ -286,32 +272,31 @@ static inline void fn_rscale_##SUF(const S *dy, S *dx, const void *e_,        \
     for (int64_t j = 0; j < n; j++) dx[j] = fn_st_##SUF(a[j] * fn_ld_##SUF(dy[j]));\
 }
 
-/* --- elementwise passes, float compute: 8 lanes at a time --------------- */
+/* --- elementwise passes, float compute: FN_VL lanes at a time ---------- */
 /* The per-element arithmetic of the scalar loops (so the same bits for
- * float32), over float vectors, so that 16-bit storage converts 8 values at
- * a time on load and on store. */
+ * float32), over float vectors, so that 16-bit storage converts FN_VL values
+ * at a time on load and on store. */
 #define FN_ELEM_float(S, SUF)                                                 \
 static inline void fn_affine_##SUF(const S *x, S *y, int64_t n,               \
                                    double c_, double s_, double t_)           \
 {                                                                             \
     float c = (float)c_, s = (float)s_, t = (float)t_;                        \
-    fn_v8f cv = {c, c, c, c, c, c, c, c}, sv = {s, s, s, s, s, s, s, s};      \
-    fn_v8f tv = {t, t, t, t, t, t, t, t};                                     \
+    fn_vf cv = fn_vsplat(c), sv = fn_vsplat(s), tv = fn_vsplat(t);            \
     int64_t i = 0;                                                            \
-    for (; i + 8 <= n; i += 8)                                                \
-        fn_st8f_##SUF(y + i, (fn_ld8f_##SUF(x + i) - cv) * sv + tv);          \
+    for (; i + FN_VL <= n; i += FN_VL)                                        \
+        fn_stv_##SUF(y + i, (fn_ldv_##SUF(x + i) - cv) * sv + tv);            \
     for (; i < n; i++) y[i] = fn_st_##SUF((fn_ld_##SUF(x[i]) - c) * s + t);   \
 }                                                                             \
 static inline void fn_bwd_##SUF(const S *x, const S *dy, S *dx, int64_t n,    \
                                 double c_, double a_, double b_, double k_)   \
 {                                                                             \
     float c = (float)c_, a = (float)a_, b = (float)b_, k = (float)k_;         \
-    fn_v8f cv = {c, c, c, c, c, c, c, c}, av = {a, a, a, a, a, a, a, a};      \
-    fn_v8f bv = {b, b, b, b, b, b, b, b}, kv = {k, k, k, k, k, k, k, k};      \
+    fn_vf cv = fn_vsplat(c), av = fn_vsplat(a);                               \
+    fn_vf bv = fn_vsplat(b), kv = fn_vsplat(k);                               \
     int64_t i = 0;                                                            \
-    for (; i + 8 <= n; i += 8)                                                \
-        fn_st8f_##SUF(dx + i, av * fn_ld8f_##SUF(dy + i)                      \
-                      - bv * (fn_ld8f_##SUF(x + i) - cv) - kv);               \
+    for (; i + FN_VL <= n; i += FN_VL)                                        \
+        fn_stv_##SUF(dx + i, av * fn_ldv_##SUF(dy + i)                        \
+                     - bv * (fn_ldv_##SUF(x + i) - cv) - kv);                 \
     for (; i < n; i++)                                                        \
         dx[i] = fn_st_##SUF(a * fn_ld_##SUF(dy[i])                            \
                             - b * (fn_ld_##SUF(x[i]) - c) - k);               \
@@ -333,10 +318,10 @@ static inline void fn_bwd_pf_##SUF(const S *x, const S *dy, S *dx, int64_t n, \
 static inline void fn_scale_##SUF(const S *dy, S *dx, int64_t n, double a_)   \
 {                                                                             \
     float a = (float)a_;                                                      \
-    fn_v8f av = {a, a, a, a, a, a, a, a};                                     \
+    fn_vf av = fn_vsplat(a);                                                  \
     int64_t i = 0;                                                            \
-    for (; i + 8 <= n; i += 8)                                                \
-        fn_st8f_##SUF(dx + i, av * fn_ld8f_##SUF(dy + i));                    \
+    for (; i + FN_VL <= n; i += FN_VL)                                        \
+        fn_stv_##SUF(dx + i, av * fn_ldv_##SUF(dy + i));                      \
     for (; i < n; i++) dx[i] = fn_st_##SUF(a * fn_ld_##SUF(dy[i]));           \
 }                                                                             \
 static inline void fn_raffine_##SUF(const S *x, S *y, const void *e_,         \
@@ -344,9 +329,9 @@ static inline void fn_raffine_##SUF(const S *x, S *y, const void *e_,         \
 {                                                                             \
     const float *c = (const float *)e_ + j0, *s = c + W, *t = c + 2 * W;      \
     int64_t j = 0;                                                            \
-    for (; j + 8 <= n; j += 8)                                                \
-        fn_st8f_##SUF(y + j, (fn_ld8f_##SUF(x + j) - fn_load8_float(c + j))   \
-                      * fn_load8_float(s + j) + fn_load8_float(t + j));       \
+    for (; j + FN_VL <= n; j += FN_VL)                                        \
+        fn_stv_##SUF(y + j, (fn_ldv_##SUF(x + j) - fn_vload(c + j))           \
+                     * fn_vload(s + j) + fn_vload(t + j));                    \
     for (; j < n; j++)                                                        \
         y[j] = fn_st_##SUF((fn_ld_##SUF(x[j]) - c[j]) * s[j] + t[j]);         \
 }                                                                             \
@@ -357,11 +342,10 @@ static inline void fn_rbwd_##SUF(const S *x, const S *dy, S *dx,              \
     const float *c = (const float *)e_ + j0, *a = c + W, *b = c + 2 * W;      \
     const float *k = c + 3 * W;                                               \
     int64_t j = 0;                                                            \
-    for (; j + 8 <= n; j += 8)                                                \
-        fn_st8f_##SUF(dx + j, fn_load8_float(a + j) * fn_ld8f_##SUF(dy + j)   \
-                      - fn_load8_float(b + j) * (fn_ld8f_##SUF(x + j)         \
-                                                 - fn_load8_float(c + j))     \
-                      - fn_load8_float(k + j));                               \
+    for (; j + FN_VL <= n; j += FN_VL)                                        \
+        fn_stv_##SUF(dx + j, fn_vload(a + j) * fn_ldv_##SUF(dy + j)           \
+                     - fn_vload(b + j) * (fn_ldv_##SUF(x + j) - fn_vload(c + j))\
+                     - fn_vload(k + j));                                      \
     for (; j < n; j++)                                                        \
         dx[j] = fn_st_##SUF(a[j] * fn_ld_##SUF(dy[j])                         \
                             - b[j] * (fn_ld_##SUF(x[j]) - c[j]) - k[j]);      \
@@ -371,8 +355,8 @@ static inline void fn_rscale_##SUF(const S *dy, S *dx, const void *e_,        \
 {                                                                             \
     const float *a = (const float *)e_ + W + j0;                              \
     int64_t j = 0;                                                            \
-    for (; j + 8 <= n; j += 8)                                                \
-        fn_st8f_##SUF(dx + j, fn_load8_float(a + j) * fn_ld8f_##SUF(dy + j)); \
+    for (; j + FN_VL <= n; j += FN_VL)                                        \
+        fn_stv_##SUF(dx + j, fn_vload(a + j) * fn_ldv_##SUF(dy + j));         \
     for (; j < n; j++) dx[j] = fn_st_##SUF(a[j] * fn_ld_##SUF(dy[j]));        \
 }
 

@@ -71,28 +71,34 @@ static inline double fn_pow_neg(double d, double beta)
     return pow(d, -beta);
 }
 
-#define FN_LRN_LOOPS(a, T, SUF, TC)                                                  \
+/* Columns per strip at most (the kernel's strips, _kernels_lrn.pxi): each
+ * loop reads a strip's row of x (and dy) into a double row on the stack
+ * (fn_ld_row), then computes over doubles, vectorised whatever the storage
+ * type, and rounds a row of results to storage at once (fn_std_row). */
+#define FN_LRN_STRIP 256
+
+#define FN_LRN_LOOPS(a, T, SUF, TC)                                            \
 /* y = x * (k + alpha / size * S)^-beta; den (C, ln) receives the base */     \
 static inline void fn_lrn_fwd_##SUF(const T *x, T *y, int64_t C, int64_t L,   \
                                     int64_t l0, int64_t ln, int64_t size,     \
                                     double alpha, double beta, double k,      \
                                     double *den, double *pre, double *suf)    \
 {                                                                             \
-    for (int64_t c = 0; c < C; c++)                                           \
-        for (int64_t l = 0; l < ln; l++) {                                    \
-            double v = (double)fn_ld_##SUF(x[c * L + l0 + l]);                             \
-            den[c * ln + l] = v * v;                                          \
-        }                                                                     \
+    double xr[FN_LRN_STRIP];                                                  \
+    for (int64_t c = 0; c < C; c++) {                                         \
+        fn_ld_row_##SUF(x + c * L + l0, xr, ln);                              \
+        for (int64_t l = 0; l < ln; l++) den[c * ln + l] = xr[l] * xr[l];     \
+    }                                                                         \
     fn_window_sums(den, C, ln, size, size / 2, (size - 1) / 2, pre, suf);     \
     const double ak = alpha / (double)size;                                   \
     for (int64_t c = 0; c < C; c++) {                                         \
         double *dc = den + c * ln;                                            \
-        const T *xc = x + c * L + l0;                                         \
         if (y) {                                                              \
-            T *yc = y + c * L + l0;                                           \
+            /* the row in double, then rounded to storage at once */          \
+            fn_ld_row_##SUF(x + c * L + l0, xr, ln);                          \
             for (int64_t l = 0; l < ln; l++)                                  \
-                yc[l] = fn_std_##SUF((double)fn_ld_##SUF(xc[l])                   \
-                                    * fn_pow_neg(k + ak * dc[l], beta));    \
+                dc[l] = xr[l] * fn_pow_neg(k + ak * dc[l], beta);             \
+            fn_std_row_##SUF(dc, y + c * L + l0, ln);                         \
         } else {                                                              \
             for (int64_t l = 0; l < ln; l++) dc[l] = k + ak * dc[l];          \
         }                                                                     \
@@ -109,23 +115,26 @@ static inline void fn_lrn_bwd_##SUF(const T *x, const T *dy, T *dx,           \
     fn_lrn_fwd_##SUF(x, (T *)0, C, L, l0, ln, size, alpha, beta, k, den,      \
                      pre, suf);                                               \
     /* t = dy * x * D^(-beta - 1); den becomes D^-beta */                     \
-    for (int64_t c = 0; c < C; c++)                                           \
+    double xr[FN_LRN_STRIP], gr[FN_LRN_STRIP];                                \
+    for (int64_t c = 0; c < C; c++) {                                         \
+        fn_ld_row_##SUF(x + c * L + l0, xr, ln);                              \
+        fn_ld_row_##SUF(dy + c * L + l0, gr, ln);                             \
         for (int64_t l = 0; l < ln; l++) {                                    \
-            int64_t i = c * L + l0 + l;                                       \
             double d = den[c * ln + l], p = fn_pow_neg(d, beta);              \
-            t[c * ln + l] = (double)fn_ld_##SUF(dy[i])                        \
-                             * (double)fn_ld_##SUF(x[i]) * (p / d);           \
+            t[c * ln + l] = gr[l] * xr[l] * (p / d);                          \
             den[c * ln + l] = p;                                              \
         }                                                                     \
+    }                                                                         \
     fn_window_sums(t, C, ln, size, (size - 1) / 2, size / 2, pre, suf);       \
     const double f = 2.0 * alpha * beta / (double)size;                       \
-    for (int64_t c = 0; c < C; c++)                                           \
-        for (int64_t l = 0; l < ln; l++) {                                    \
-            int64_t i = c * L + l0 + l;                                       \
-            dx[i] = fn_std_##SUF((double)fn_ld_##SUF(dy[i]) * den[c * ln + l] \
-                                 - f * (double)fn_ld_##SUF(x[i])              \
-                                   * t[c * ln + l]);                          \
-        }                                                                     \
+    for (int64_t c = 0; c < C; c++) {                                         \
+        double *tc = t + c * ln;                                              \
+        fn_ld_row_##SUF(x + c * L + l0, xr, ln);                              \
+        fn_ld_row_##SUF(dy + c * L + l0, gr, ln);                             \
+        for (int64_t l = 0; l < ln; l++)                                      \
+            tc[l] = gr[l] * den[c * ln + l] - f * xr[l] * tc[l];              \
+        fn_std_row_##SUF(tc, dx + c * L + l0, ln);                            \
+    }                                                                         \
 }
 
 FN_STORAGE_TYPES(FN_LRN_LOOPS, _)

@@ -45,27 +45,26 @@ static inline void fn_lnbwd_##SUF(const S *x, const S *dy, S *dx, int64_t n,  \
 }
 
 
-/* float compute: the same arithmetic over 8-lane float vectors */
+/* float compute: the same arithmetic over float vectors (FN_VL lanes) */
 #define FN_LAYER_float(S, SUF)                                                \
 static inline void fn_lnaff_##SUF(const S *x, S *y, int64_t n, double c_,     \
                                   double s_, double t_, const void *w_,       \
                                   const void *b_)                             \
 {                                                                             \
     float c = (float)c_, s = (float)s_, t = (float)t_;                        \
-    fn_v8f cv = {c, c, c, c, c, c, c, c}, sv = {s, s, s, s, s, s, s, s};      \
-    fn_v8f tv = {t, t, t, t, t, t, t, t};                                     \
+    fn_vf cv = fn_vsplat(c), sv = fn_vsplat(s), tv = fn_vsplat(t);            \
     const float *w = (const float *)w_, *b = (const float *)b_;               \
     int64_t j = 0;                                                            \
     if (b) {                                                                  \
-        for (; j + 8 <= n; j += 8)                                            \
-            fn_st8f_##SUF(y + j, ((fn_ld8f_##SUF(x + j) - cv) * sv + tv)      \
-                          * fn_load8_float(w + j) + fn_load8_float(b + j));   \
+        for (; j + FN_VL <= n; j += FN_VL)                                    \
+            fn_stv_##SUF(y + j, ((fn_ldv_##SUF(x + j) - cv) * sv + tv)        \
+                         * fn_vload(w + j) + fn_vload(b + j));                \
         for (; j < n; j++)                                                    \
             y[j] = fn_st_##SUF(((fn_ld_##SUF(x[j]) - c) * s + t) * w[j] + b[j]);\
     } else {                                                                  \
-        for (; j + 8 <= n; j += 8)                                            \
-            fn_st8f_##SUF(y + j, ((fn_ld8f_##SUF(x + j) - cv) * sv + tv)      \
-                          * fn_load8_float(w + j));                           \
+        for (; j + FN_VL <= n; j += FN_VL)                                    \
+            fn_stv_##SUF(y + j, ((fn_ldv_##SUF(x + j) - cv) * sv + tv)        \
+                         * fn_vload(w + j));                                  \
         for (; j < n; j++)                                                    \
             y[j] = fn_st_##SUF(((fn_ld_##SUF(x[j]) - c) * s + t) * w[j]);     \
     }                                                                         \
@@ -75,13 +74,13 @@ static inline void fn_lnbwd_##SUF(const S *x, const S *dy, S *dx, int64_t n,  \
                                   double q_, double k_)                       \
 {                                                                             \
     float c = (float)c_, a = (float)a_, q = (float)q_, k = (float)k_;         \
-    fn_v8f cv = {c, c, c, c, c, c, c, c}, av = {a, a, a, a, a, a, a, a};      \
-    fn_v8f qv = {q, q, q, q, q, q, q, q}, kv = {k, k, k, k, k, k, k, k};      \
+    fn_vf cv = fn_vsplat(c), av = fn_vsplat(a);                               \
+    fn_vf qv = fn_vsplat(q), kv = fn_vsplat(k);                               \
     const float *w = (const float *)w_;                                       \
     int64_t j = 0;                                                            \
-    for (; j + 8 <= n; j += 8)                                                \
-        fn_st8f_##SUF(dx + j, av * fn_load8_float(w + j) * fn_ld8f_##SUF(dy + j)\
-                      - qv * (fn_ld8f_##SUF(x + j) - cv) - kv);               \
+    for (; j + FN_VL <= n; j += FN_VL)                                        \
+        fn_stv_##SUF(dx + j, av * fn_vload(w + j) * fn_ldv_##SUF(dy + j)      \
+                     - qv * (fn_ldv_##SUF(x + j) - cv) - kv);                 \
     for (; j < n; j++)                                                        \
         dx[j] = fn_st_##SUF(a * w[j] * fn_ld_##SUF(dy[j])                     \
                             - q * (fn_ld_##SUF(x[j]) - c) - k);               \
@@ -139,35 +138,26 @@ static inline void fn_lnrow_##SUF(const S *x, const S *dy, S *dx,             \
                                   double inv, int rms, float *c1, float *c2)  \
 {                                                                             \
     float mf = (float)m, df = (float)(m - (double)mf), iv = (float)inv;       \
-    fn_v8f mv = {mf, mf, mf, mf, mf, mf, mf, mf};                             \
-    fn_v8f dv = {df, df, df, df, df, df, df, df};                             \
-    fn_v8f ivv = {iv, iv, iv, iv, iv, iv, iv, iv};                            \
+    fn_vf mv = fn_vsplat(mf), dv = fn_vsplat(df), ivv = fn_vsplat(iv);        \
     double A = 0.0, B = 0.0;                                                  \
     int64_t i = 0;                                                            \
     for (; i + FN_BLOCK <= n; i += FN_BLOCK) {                                \
-        /* two accumulators each: independent add chains */                   \
-        fn_v8f a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0};                        \
-        for (int j = 0; j < FN_BLOCK; j += 16) {                              \
-            fn_v8f g0 = fn_ld8f_##SUF(dy + i + j);                            \
-            fn_v8f g1 = fn_ld8f_##SUF(dy + i + j + 8);                        \
-            fn_v8f xh0 = ((fn_ld8f_##SUF(x + i + j) - mv) - dv) * ivv;        \
-            fn_v8f xh1 = ((fn_ld8f_##SUF(x + i + j + 8) - mv) - dv) * ivv;    \
-            fn_v8f gw0 = g0 * fn_load8_float(w + i + j);                      \
-            fn_v8f gw1 = g1 * fn_load8_float(w + i + j + 8);                  \
-            fn_v8f s10 = fn_load8_float(c1 + i + j) + g0;                     \
-            fn_v8f s20 = fn_load8_float(c2 + i + j) + g0 * xh0;               \
-            fn_v8f s11 = fn_load8_float(c1 + i + j + 8) + g1;                 \
-            fn_v8f s21 = fn_load8_float(c2 + i + j + 8) + g1 * xh1;           \
-            a0 += gw0;                                                        \
-            b0 += gw0 * xh0;                                                  \
-            a1 += gw1;                                                        \
-            b1 += gw1 * xh1;                                                  \
-            __builtin_memcpy(c1 + i + j, &s10, sizeof s10);                   \
-            __builtin_memcpy(c2 + i + j, &s20, sizeof s20);                   \
-            __builtin_memcpy(c1 + i + j + 8, &s11, sizeof s11);               \
-            __builtin_memcpy(c2 + i + j + 8, &s21, sizeof s21);               \
-        }                                                                     \
-        double ba = fn_hsum8(a0 + a1), bb = fn_hsum8(b0 + b1);                \
+        /* two 8-lane accumulators each: independent add chains */            \
+        fn_vf av[FN_N16] = {{0}}, bv[FN_N16] = {{0}};                         \
+        for (int j = 0; j < FN_BLOCK; j += 16)                                \
+            for (int k = 0; k < FN_N16; k++) {                                \
+                int64_t o = i + j + k * FN_VL;                                \
+                fn_vf g = fn_ldv_##SUF(dy + o);                               \
+                fn_vf xh = ((fn_ldv_##SUF(x + o) - mv) - dv) * ivv;           \
+                fn_vf gw = g * fn_vload(w + o);                               \
+                fn_vf s1 = fn_vload(c1 + o) + g;                              \
+                fn_vf s2 = fn_vload(c2 + o) + g * xh;                         \
+                av[k] += gw;                                                  \
+                bv[k] += gw * xh;                                             \
+                __builtin_memcpy(c1 + o, &s1, sizeof s1);                     \
+                __builtin_memcpy(c2 + o, &s2, sizeof s2);                     \
+            }                                                                 \
+        double ba = fn_hsum8(fn_fold16(av)), bb = fn_hsum8(fn_fold16(bv));    \
         if (!__builtin_isfinite(ba) || !__builtin_isfinite(bb)) {             \
             ba = bb = 0.0;                                                    \
             for (int j = 0; j < FN_BLOCK; j++) {                              \
@@ -189,12 +179,12 @@ static inline void fn_lnrow_##SUF(const S *x, const S *dy, S *dx,             \
     }                                                                         \
     float q = (float)(inv * B / (double)n);                                   \
     float k = rms ? 0.0f : (float)(inv * A / (double)n);                      \
-    fn_v8f qv = {q, q, q, q, q, q, q, q}, kv = {k, k, k, k, k, k, k, k};      \
+    fn_vf qv = fn_vsplat(q), kv = fn_vsplat(k);                               \
     int64_t j = 0;                                                            \
-    for (; j + 8 <= n; j += 8) {                                              \
-        fn_v8f xh = ((fn_ld8f_##SUF(x + j) - mv) - dv) * ivv;                 \
-        fn_st8f_##SUF(dx + j, ivv * fn_load8_float(w + j) * fn_ld8f_##SUF(dy + j)\
-                      - qv * xh - kv);                                        \
+    for (; j + FN_VL <= n; j += FN_VL) {                                      \
+        fn_vf xh = ((fn_ldv_##SUF(x + j) - mv) - dv) * ivv;                   \
+        fn_stv_##SUF(dx + j, ivv * fn_vload(w + j) * fn_ldv_##SUF(dy + j)     \
+                     - qv * xh - kv);                                         \
     }                                                                         \
     for (; j < n; j++) {                                                      \
         float xh = ((fn_ld_##SUF(x[j]) - mf) - df) * iv;                      \

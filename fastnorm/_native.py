@@ -1,42 +1,61 @@
-"""The compiled kernels fastnorm uses: one of two builds of _kernels.pyx.
+"""The compiled kernels fastnorm uses: one of up to three builds of _kernels.pyx.
 
 ``fastnorm._kernels`` is compiled for any x86-64 CPU; ``fastnorm._kernels_avx2``
-is the same source compiled with -mavx2 (256-bit vectors).  At import the AVX2
-copy is chosen when it was built and the CPU supports AVX2.  Both copies round
-identically (explicit vector lanes combined in a fixed order, no fused
-multiply-add), so the choice changes speed, never results.
+is the same source compiled with -mavx2 -mf16c (256-bit vectors) and
+``fastnorm._kernels_avx512`` with AVX-512 F/VL/BW/DQ/BF16 (512-bit vectors,
+bfloat16 rounding in one instruction).  At import the widest copy that was
+built and that the CPU runs is chosen.  All copies round identically (explicit
+vector lanes combined in a fixed order, no fused multiply-add), so the choice
+changes speed, never results.
 
 The environment variable FASTNORM_ISA=baseline forces the baseline copy;
-FASTNORM_ISA=avx2 requires the AVX2 copy (ImportError if it cannot run here).
+FASTNORM_ISA=avx2 or avx512 requires that copy (ImportError if it cannot run
+here).
 """
+import importlib
 import os
 
 from . import _kernels as _baseline
 
 ISA_ENV = "FASTNORM_ISA"
+ISAS = ("baseline", "avx2", "avx512")       # narrowest first
 
 
-def _load_avx2():
+def _runs_here(isa):
+    return {"baseline": True, "avx2": _baseline.cpu_has_avx2(),
+            "avx512": _baseline.cpu_has_avx512()}[isa]
+
+
+def _load(isa):
+    """The copy for isa, or None when it was not built (non-x86 platform, a
+    compiler without the flags, FASTNORM_DISABLE_*)."""
+    if isa == "baseline":
+        return _baseline
     try:
-        from . import _kernels_avx2
-    except ImportError:  # not built (non-x86 platform or compiler without -mavx2)
+        return importlib.import_module(f"fastnorm._kernels_{isa}")
+    except ImportError:
         return None
-    return _kernels_avx2
 
 
 def _choose():
     want = os.environ.get(ISA_ENV, "").strip().lower() or "auto"
-    if want not in ("auto", "baseline", "avx2"):
-        raise ImportError(f"fastnorm: {ISA_ENV} must be 'auto', 'baseline' or 'avx2', "
-                          f"got {want!r}")
-    if want == "baseline":
-        return _baseline
-    avx2 = _load_avx2() if _baseline.cpu_has_avx2() else None
-    if avx2 is None and want == "avx2":
-        why = ("this CPU has no AVX2" if not _baseline.cpu_has_avx2()
-               else "fastnorm was built without its AVX2 kernels")
-        raise ImportError(f"fastnorm: {ISA_ENV}=avx2 but {why}")
-    return avx2 if avx2 is not None else _baseline
+    if want not in ("auto",) + ISAS:
+        raise ImportError(f"fastnorm: {ISA_ENV} must be 'auto', 'baseline', 'avx2' or "
+                          f"'avx512', got {want!r}")
+    if want != "auto":
+        if not _runs_here(want):
+            raise ImportError(f"fastnorm: {ISA_ENV}={want} but this CPU lacks what that "
+                              f"copy uses")
+        mod = _load(want)
+        if mod is None:
+            raise ImportError(f"fastnorm: {ISA_ENV}={want} but fastnorm was built without "
+                              f"its {want} kernels")
+        return mod
+    for isa in reversed(ISAS):
+        mod = _load(isa) if _runs_here(isa) else None
+        if mod is not None:
+            return mod
+    return _baseline
 
 
 kernels = _choose()

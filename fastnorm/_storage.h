@@ -245,18 +245,34 @@ static inline void fn_narrow8(uint16_t *p, fn_v4i32 lo, fn_v4i32 hi)
 #endif
 }
 
+/* halves of a vector and back, in registers (through memory, a wide load of
+ * two narrow stores stalls store forwarding: ~15 cycles a vector) */
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define FN_HAS_SHUFFLE 1
+#endif
+#endif
 static inline void fn_split8(fn_v8f v, fn_v4f *lo, fn_v4f *hi)
 {
+#ifdef FN_HAS_SHUFFLE
+    *lo = __builtin_shufflevector(v, v, 0, 1, 2, 3);
+    *hi = __builtin_shufflevector(v, v, 4, 5, 6, 7);
+#else
     __builtin_memcpy(lo, &v, 16);
     __builtin_memcpy(hi, (const char *)&v + 16, 16);
+#endif
 }
 
 static inline fn_v8f fn_join8(fn_v4f lo, fn_v4f hi)
 {
+#ifdef FN_HAS_SHUFFLE
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+#else
     fn_v8f v;
     __builtin_memcpy(&v, &lo, 16);
     __builtin_memcpy((char *)&v + 16, &hi, 16);
     return v;
+#endif
 }
 
 static inline fn_v8f fn_ld8f_bf16(const fn_bf16 *p)
@@ -344,6 +360,219 @@ static inline fn_v4d fn_ld4d_f16(const fn_f16 *p)
     fn_v4d d = {fn_ld_f16(p[0]), fn_ld_f16(p[1]), fn_ld_f16(p[2]), fn_ld_f16(p[3])};
     return d;
 }
+
+/* Rows of doubles rounded once to storage, n values: fn_std_row(src, dst,
+ * n) = dst[i] = fn_std_SUF(src[i]) for all i, 8 at a time, so that the
+ * loops that compute in double (LocalResponseNorm) write 16-bit rows at
+ * vector speed.  Round-to-odd on float64 lanes without leaving them: below
+ * the float32 rounding position (the low 29 bits of the significand) the
+ * bits are cleared and their OR kept in the last float32 bit; the result
+ * then converts to float32 exactly.  Valid for the normal float32 range and
+ * beyond (an overflow becomes inf, as the 16-bit rounding of the scalar
+ * result would); NaN lanes are converted as they are; 8 values with one
+ * below 2^-126 (a float32 subnormal) take the scalar path. */
+typedef int64_t fn_v4i64 __attribute__((vector_size(32)));
+typedef int32_t fn_v8i32 __attribute__((vector_size(32)));
+/* |d| lane by lane (the sign bit cleared) */
+static inline fn_v4d fn_abs4d(fn_v4d d)
+{
+    fn_v4i64 u, mag = {INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX};
+    __builtin_memcpy(&u, &d, sizeof u);
+    u &= mag;
+    __builtin_memcpy(&d, &u, sizeof d);
+    return d;
+}
+/* lanes with 0 < |d| < 2^-126 (a float32 subnormal or below), as a mask
+ * (float compares: SSE2 has no 64-bit integer ones) */
+static inline fn_v4i64 fn_tiny4(fn_v4d d)
+{
+    fn_v4d a = fn_abs4d(d), z = {0.0, 0.0, 0.0, 0.0};
+    fn_v4d m = {0x1p-126, 0x1p-126, 0x1p-126, 0x1p-126};
+    return (a < m) & (a != z);
+}
+static inline int fn_any4(fn_v4i64 m)
+{
+#if defined(__AVX__)
+    __m256d v;
+    __builtin_memcpy(&v, &m, sizeof v);
+    return _mm256_movemask_pd(v);
+#elif defined(__SSE2__)
+    __m128d lo, hi;
+    __builtin_memcpy(&lo, &m, 16);
+    __builtin_memcpy(&hi, (const char *)&m + 16, 16);
+    return _mm_movemask_pd(_mm_or_pd(lo, hi));
+#else
+    return (m[0] | m[1] | m[2] | m[3]) != 0;
+#endif
+}
+/* round-to-odd of 4 doubles, none tiny: the low 29 significand bits sit in
+ * the low 32-bit half of each lane, so the sticky bit is a 32-bit compare */
+static inline fn_v4f fn_d2f_odd4(fn_v4d d)
+{
+    const int32_t low = (1 << 29) - 1, one = 1 << 29;
+    const fn_v8i32 lm = {low, 0, low, 0, low, 0, low, 0};
+    const fn_v8i32 sb = {one, 0, one, 0, one, 0, one, 0};
+    fn_v8i32 w, nan;
+    fn_v4i64 nan64 = d != d;
+    __builtin_memcpy(&w, &d, sizeof w);
+    __builtin_memcpy(&nan, &nan64, sizeof nan);
+    fn_v8i32 t = (w & ~lm) | (((w & lm) != 0) & sb);
+    t = (nan & w) | (~nan & t);
+    fn_v4d r;
+    __builtin_memcpy(&r, &t, sizeof r);
+    return __builtin_convertvector(r, fn_v4f);
+}
+
+static inline void fn_std_row_f32(const double *src, float *dst, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) dst[i] = (float)src[i];
+}
+static inline void fn_std_row_f64(const double *src, double *dst, int64_t n)
+{
+    if (dst != src) memmove(dst, src, (size_t)n * sizeof(double));
+}
+#if defined(__AVX__)
+#define FN_WIDE_D2F 1
+#else
+#define FN_WIDE_D2F 0
+#endif
+#define FN_STD_ROW16(S, SUF)                                                  \
+static inline void fn_std_row_##SUF(const double *src, S *dst, int64_t n)     \
+{                                                                             \
+    int64_t i = 0;                                                            \
+    /* (in 128-bit registers the 4-lane double vectors spill: scalar there) */\
+    if (FN_WIDE_D2F)                                                          \
+    for (; i + 8 <= n; i += 8) {                                              \
+        fn_v4d a, b;                                                          \
+        __builtin_memcpy(&a, src + i, sizeof a);                              \
+        __builtin_memcpy(&b, src + i + 4, sizeof b);                          \
+        if (__builtin_expect(!fn_any4(fn_tiny4(a) | fn_tiny4(b)), 1))         \
+            fn_st8f_##SUF(dst + i, fn_join8(fn_d2f_odd4(a), fn_d2f_odd4(b))); \
+        else                                                                  \
+            for (int j = 0; j < 8; j++) dst[i + j] = fn_std_##SUF(src[i + j]);\
+    }                                                                         \
+    for (; i < n; i++) dst[i] = fn_std_##SUF(src[i]);                         \
+}
+FN_STD_ROW16(fn_bf16, bf16)
+FN_STD_ROW16(fn_f16, f16)
+#define fn_std_row(src, dst, n) FN_PICK(fn_std_row, dst)(src, dst, n)
+
+/* Rows of stored values as doubles (exact), n values: fn_ld_row(src, dst, n) */
+static inline void fn_ld_row_f32(const float *src, double *dst, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) dst[i] = (double)src[i];
+}
+static inline void fn_ld_row_f64(const double *src, double *dst, int64_t n)
+{
+    memcpy(dst, src, (size_t)n * sizeof(double));
+}
+#define FN_LD_ROW16(S, SUF)                                                   \
+static inline void fn_ld_row_##SUF(const S *src, double *dst, int64_t n)      \
+{                                                                             \
+    int64_t i = 0;                                                            \
+    for (; i + 8 <= n; i += 8) {                                              \
+        fn_v4f a, b;                                                          \
+        fn_split8(fn_ld8f_##SUF(src + i), &a, &b);                            \
+        fn_v4d da = __builtin_convertvector(a, fn_v4d);                       \
+        fn_v4d db = __builtin_convertvector(b, fn_v4d);                       \
+        __builtin_memcpy(dst + i, &da, sizeof da);                            \
+        __builtin_memcpy(dst + i + 4, &db, sizeof db);                        \
+    }                                                                         \
+    for (; i < n; i++) dst[i] = (double)fn_ld_##SUF(src[i]);                  \
+}
+FN_LD_ROW16(fn_bf16, bf16)
+FN_LD_ROW16(fn_f16, f16)
+
+/* --- the loops' vector -----------------------------------------------
+ * Float-compute loops step over fn_vf, FN_VL float lanes: 16 (one 512-bit
+ * register) in the AVX-512 copy, 8 elsewhere (one AVX register in the AVX2
+ * copy, two SSE registers in the baseline copy).  Elementwise loops do the
+ * same per-element arithmetic at any width.  Reductions keep the 8-lane
+ * accumulators of their design (four over a step of 32 values, two over a
+ * step of 16); at FN_VL = 16 one register holds two of them side by side,
+ * [a0 | a1], and fn_fold32 / fn_fold16 combine them in the one fixed order
+ * ((a0 + a1) + (a2 + a3)), so no sum depends on the width.
+ *   fn_ldv_SUF(p), fn_stv_SUF(p, v)   FN_VL stored values in, rounded out
+ *   fn_vsplat(c), fn_vload(p)         c in every lane; FN_VL floats
+ *   fn_fold32(a), fn_fold16(a)        32 (16) lanes in a[] to 8 */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define FN_VL 16
+typedef float fn_vf __attribute__((vector_size(64)));
+#else
+#define FN_VL 8
+typedef fn_v8f fn_vf;
+#endif
+#define FN_N32 (32 / FN_VL)
+#define FN_N16 (16 / FN_VL)
+
+static inline fn_vf fn_vsplat(float c)
+{
+    fn_vf v;
+    for (int k = 0; k < FN_VL; k++) v[k] = c;
+    return v;
+}
+static inline fn_vf fn_vload(const float *p)
+{
+    fn_vf v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+
+#if FN_VL == 16
+static inline fn_v8f fn_vlo(fn_vf v) { return (fn_v8f)_mm512_castps512_ps256((__m512)v); }
+static inline fn_v8f fn_vhi(fn_vf v)
+{
+    return (fn_v8f)_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)v), 1));
+}
+static inline fn_v8f fn_fold32(const fn_vf *a)
+{
+    return (fn_vlo(a[0]) + fn_vhi(a[0])) + (fn_vlo(a[1]) + fn_vhi(a[1]));
+}
+static inline fn_v8f fn_fold16(const fn_vf *a) { return fn_vlo(a[0]) + fn_vhi(a[0]); }
+
+static inline fn_vf fn_ldv_f32(const float *p) { return fn_vload(p); }
+static inline void fn_stv_f32(float *p, fn_vf v) { __builtin_memcpy(p, &v, sizeof v); }
+static inline fn_vf fn_ldv_bf16(const fn_bf16 *p)
+{
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return (fn_vf)_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+static inline void fn_stv_bf16(fn_bf16 *p, fn_vf v)
+{
+#if defined(__AVX512BF16__)
+    /* VCVTNEPS2BF16 rounds to nearest even and quiets NaNs as fn_st_bf16
+     * does, but flushes subnormal float32 values to zero: a vector holding
+     * one (rare: below 1.2e-38) takes the integer path */
+    __m512i u = _mm512_castps_si512((__m512)v);
+    __mmask16 sub = _mm512_mask_test_epi32_mask(
+        _mm512_testn_epi32_mask(u, _mm512_set1_epi32(0x7f800000)), u,
+        _mm512_set1_epi32(0x007fffff));
+    if (__builtin_expect(sub == 0, 1)) {
+        _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh((__m512)v));
+        return;
+    }
+#endif
+    fn_st8f_bf16(p, fn_vlo(v));
+    fn_st8f_bf16(p + 8, fn_vhi(v));
+}
+static inline fn_vf fn_ldv_f16(const fn_f16 *p)
+{
+    return (fn_vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+static inline void fn_stv_f16(fn_f16 *p, fn_vf v)
+{
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT));
+}
+#else
+static inline fn_v8f fn_fold32(const fn_vf *a) { return (a[0] + a[1]) + (a[2] + a[3]); }
+static inline fn_v8f fn_fold16(const fn_vf *a) { return a[0] + a[1]; }
+#define FN_LDV_8(a, S, SUF, T)                                                \
+static inline fn_vf fn_ldv_##SUF(const S *p) { return fn_ld8f_##SUF(p); }     \
+static inline void fn_stv_##SUF(S *p, fn_vf v) { fn_st8f_##SUF(p, v); }
+FN_LDV_8(_, float, f32, float)
+FN_LDV_8(_, fn_bf16, bf16, float)
+FN_LDV_8(_, fn_f16, f16, float)
+#endif
 
 /* Generic accessors, by the pointer's storage type:
  *   fn_at(p, i)        p[i] as a double (exact)

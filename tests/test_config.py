@@ -35,9 +35,13 @@ def test_dicts_describe_this_process():
     # installed by setup.py: the build recorded itself
     assert b["compiler"] != "not recorded" and b["cython"] != "not recorded"
     assert "-ffp-contract=off" in b["compile_args"]
+    assert simd["cpu_has_avx512"] == bool(kernels.cpu_has_avx512())
     if "avx2" in simd["compiled"]:
         assert "-mavx2" in b["avx2_compile_args"]
         assert "-mavx2" not in b["compile_args"]
+        assert "-mavx512f" not in b["avx2_compile_args"]
+    if "avx512" in simd["compiled"]:
+        assert "-mavx512bf16" in b["avx512_compile_args"]
     assert b["openmp"] == bool(kernels.openmp_enabled())
     with threadpool_limits(limits=1, user_api="openmp"):
         assert fastnorm.show_config("dicts")["threads"]["max_threads"] == 1

@@ -13,11 +13,12 @@ from fastnorm._native import kernels
 
 def _copies():
     out = [importlib.import_module("fastnorm._kernels")]
-    if kernels.cpu_has_avx2():
-        try:
-            out.append(importlib.import_module("fastnorm._kernels_avx2"))
-        except ImportError:
-            pass
+    for isa, runs in (("avx2", kernels.cpu_has_avx2()), ("avx512", kernels.cpu_has_avx512())):
+        if runs:
+            try:
+                out.append(importlib.import_module(f"fastnorm._kernels_{isa}"))
+            except ImportError:
+                pass
     return out
 
 

@@ -1,4 +1,4 @@
-"""The two builds of the kernels (baseline x86-64 and AVX2): which one loads,
+"""The builds of the kernels (baseline x86-64, AVX2, AVX-512): which one loads,
 and that they give bitwise identical results."""
 import os
 import platform
@@ -16,7 +16,9 @@ from util import asan_loaded
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 HAS_AVX2 = baseline.cpu_has_avx2()
-
+HAS_AVX512 = baseline.cpu_has_avx512()
+# the SIMD copies this CPU runs (each must have been built: see below)
+SIMD_HERE = [isa for isa, ok in (("avx2", HAS_AVX2), ("avx512", HAS_AVX512)) if ok and X86]
 # Every layer of the catalogue on its small shapes, and every kernel family
 # on shapes with remainders after the vector widths, float32 and float64:
 # train forward and backward, eval forward.
@@ -63,35 +65,51 @@ def _outputs(tmp_path, isa):
         return {k: f[k] for k in f.files}
 
 
-def test_avx2_copy_is_built_and_chosen_on_avx2_cpus():
-    if not (X86 and HAS_AVX2):
+def test_widest_copy_is_built_and_chosen():
+    if not SIMD_HERE:
         pytest.skip("not an x86-64 CPU with AVX2")
     if os.environ.get("FASTNORM_ISA", "auto") in ("auto", ""):
-        assert _native.kernels.isa() == "avx2", \
-            "this CPU has AVX2 but fastnorm loaded its baseline kernels (AVX2 copy not built?)"
+        assert _native.kernels.isa() == SIMD_HERE[-1], (
+            f"this CPU runs the {SIMD_HERE[-1]} copy but fastnorm loaded "
+            f"{_native.kernels.isa()} (copy not built?)")
     assert baseline.isa() == "baseline"
 
 
-@pytest.mark.skipif(not (X86 and HAS_AVX2), reason="needs an x86-64 CPU with AVX2")
-def test_baseline_and_avx2_builds_agree_bitwise(tmp_path):
+@pytest.mark.skipif(not SIMD_HERE, reason="needs an x86-64 CPU with AVX2")
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_simd_builds_agree_bitwise_with_baseline(tmp_path, isa):
+    if isa not in SIMD_HERE:
+        pytest.skip(f"this CPU does not run the {isa} copy")
     base = _outputs(tmp_path, "baseline")
-    avx2 = _outputs(tmp_path, "avx2")
-    assert str(base.pop("isa")) == "baseline" and str(avx2.pop("isa")) == "avx2"
-    assert base.keys() == avx2.keys() and len(base) > 60
+    simd = _outputs(tmp_path, isa)
+    assert str(base.pop("isa")) == "baseline" and str(simd.pop("isa")) == isa
+    assert base.keys() == simd.keys() and len(base) > 60
     for k in base:
-        np.testing.assert_array_equal(base[k], avx2[k], err_msg=k, strict=True)
+        np.testing.assert_array_equal(base[k], simd[k], err_msg=k, strict=True)
 
 
 def test_bad_isa_request_is_refused(tmp_path):
-    env = dict(os.environ, FASTNORM_ISA="avx512")
+    env = dict(os.environ, FASTNORM_ISA="avx10")
     out = subprocess.run([sys.executable, "-c", "import fastnorm"], env=env, cwd=tmp_path,
                          capture_output=True, text=True)
     assert out.returncode != 0
-    assert "FASTNORM_ISA must be 'auto', 'baseline' or 'avx2', got 'avx512'" in out.stderr
+    assert ("FASTNORM_ISA must be 'auto', 'baseline', 'avx2' or 'avx512', got 'avx10'"
+            in out.stderr)
+
+
+def test_isa_the_cpu_lacks_is_refused(tmp_path):
+    lacking = [isa for isa in ("avx2", "avx512") if isa not in SIMD_HERE]
+    if not lacking:
+        pytest.skip("this CPU runs every copy")
+    env = dict(os.environ, FASTNORM_ISA=lacking[0])
+    out = subprocess.run([sys.executable, "-c", "import fastnorm"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert f"FASTNORM_ISA={lacking[0]} but this CPU lacks what that copy uses" in out.stderr
 
 
 def test_import_names_the_chosen_copy():
-    assert fastnorm._native.kernels.isa() in ("baseline", "avx2")
+    assert fastnorm._native.kernels.isa() in _native.ISAS
 
 
 # CPU models of qemu-x86_64 without AVX, oldest first: qemu64 has SSE2 and
@@ -151,3 +169,23 @@ def test_runs_on_a_cpu_without_avx(tmp_path):
     for k in native:
         np.testing.assert_array_equal(emulated[k], native[k], err_msg=f"{k} on qemu -cpu {ran}",
                                       strict=True)
+
+
+def test_avx2_cpu_without_avx512_loads_the_avx2_copy(tmp_path):
+    """Under qemu-x86_64 emulating an AVX2 CPU without AVX-512 (EPYC-Rome:
+    AVX2, F16C), fastnorm chooses its AVX2 copy by itself, and the kernels
+    run there."""
+    qemu = _qemu_or_skip()
+    if "avx2" not in SIMD_HERE:
+        pytest.skip("the AVX2 copy is not built for this CPU")
+    env = {k: v for k, v in os.environ.items() if k != "FASTNORM_ISA"}
+    env["OPENBLAS_CORETYPE"] = "Zen"
+    code = ("import numpy as np, fastnorm; from fastnorm._native import kernels; "
+            "from fastnorm import _kernels as b; "
+            "y = fastnorm.LayerNorm(40)(np.arange(80, dtype=np.float32).reshape(2, 40)); "
+            "print(kernels.isa(), b.cpu_has_avx2(), b.cpu_has_avx512(), "
+            "np.abs(y.mean(1)).max() < 1e-6)")
+    out = subprocess.run([qemu, "-cpu", "EPYC-Rome", sys.executable, "-c", code], env=env,
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["avx2", "True", "False", "True"], out.stdout

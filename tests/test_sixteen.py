@@ -174,12 +174,14 @@ def test_other_mixes_are_refused():
 
 
 @pytest.mark.parametrize("dt", SIXTEEN, ids=lambda d: d.name)
-@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 def test_every_16_bit_value_converts_exactly(dt, isa, tmp_path):
     """y = x * s in the kernels (an eval BatchNorm with unit variance and the
     scale as its weight) for every 16-bit x and a few s: the float32 product
-    rounded once, overflow to inf, subnormals, signed zeros, NaN; both
-    kernel copies (run in a process of their own, FASTNORM_ISA)."""
+    rounded once, overflow to inf, subnormals (float32 results below 2^-126:
+    the AVX-512 copy's bfloat16 instruction flushes them, its fallback must
+    not), signed zeros, NaN; every kernel copy (run in a process of its own,
+    FASTNORM_ISA)."""
     import os
     import subprocess
     import sys
@@ -187,13 +189,15 @@ def test_every_16_bit_value_converts_exactly(dt, isa, tmp_path):
     from fastnorm._native import kernels
     if isa == "avx2" and not kernels.cpu_has_avx2():
         pytest.skip("no AVX2 here")
+    if isa == "avx512" and not kernels.cpu_has_avx512():
+        pytest.skip("no AVX-512 (F VL BW DQ BF16) here")
     code = f"""if 1:
         import numpy as np, fastnorm, ml_dtypes, sys
         dt = np.dtype({"ml_dtypes.bfloat16" if dt == BF16 else "np.float16"})
         bits = np.arange(65536, dtype=np.uint16)
         x = bits.view(dt).reshape(1, 1, -1)
         out = {{}}
-        for s in (1.0, 2.0 ** -12, 3.7, 2.0 ** 12, -1.0):
+        for s in (1.0, 2.0 ** -12, 3.7, 2.0 ** 12, -1.0, 1.0 + 2.0 ** -8, 2.0 ** -130):
             bn = fastnorm.BatchNorm1d(1).eval()
             bn.running_mean[...] = 0
             bn.running_var[...] = 1.0 - 1e-5
