@@ -66,9 +66,10 @@ static inline double fn_hsum(fn_v4d v)
 
 static inline double fn_hsum8(fn_v8f v)
 {
-    /* fixed order, in float64 */
-    return (((double)v[0] + (double)v[4]) + ((double)v[2] + (double)v[6])) +
-           (((double)v[1] + (double)v[5]) + ((double)v[3] + (double)v[7]));
+    /* fixed order, in float64: ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)),
+     * the first level as one vector addition */
+    fn_v4f l = {v[0], v[1], v[2], v[3]}, h = {v[4], v[5], v[6], v[7]};
+    return fn_hsum(__builtin_convertvector(l, fn_v4d) + __builtin_convertvector(h, fn_v4d));
 }
 
 static inline void fn_flush8(fn_v8f v, fn_v4d *lo, fn_v4d *hi)
