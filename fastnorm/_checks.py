@@ -289,7 +289,7 @@ def as_rows(x, D):
 
 def fused(D, dtype):
     """Whether slices of D elements of dtype take the one-pass kernels."""
-    return D * np.dtype(dtype).itemsize <= FUSE_BYTES
+    return D * dtype.itemsize <= FUSE_BYTES
 
 
 @functools.lru_cache(maxsize=32)
@@ -301,6 +301,9 @@ def unit_weight(D, dtype):
     return w
 
 
+_U8 = np.dtype(np.uint8)
+
+
 def kernel_param(a, data_dtype):
     """A parameter array for the kernels: None, or its values in the compute
     type of data_dtype, C-contiguous, as bytes (the kernels' weights are raw
@@ -308,9 +311,10 @@ def kernel_param(a, data_dtype):
     if a is None:
         return None
     c = compute_dtype(data_dtype)
-    if a.dtype != c or not (a.flags.c_contiguous and a.flags.aligned):
+    flags = a.flags
+    if a.dtype is not c or not (flags.c_contiguous and flags.aligned):
         a = np.ascontiguousarray(a, dtype=c)
-    return a.reshape(-1).view(np.uint8)
+    return (a if a.ndim == 1 else a.reshape(-1)).view(_U8)
 
 
 def blend(buf, f, step):

@@ -11,6 +11,7 @@ layer kernels.  Both compute a row's statistics with the same arithmetic
 (pieces of 4096, Chan-merged in order); RMSNorm's mean square is
 var + mean**2, two non-negative terms, so nothing cancels.
 """
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -85,7 +86,7 @@ def check_rows(where, x, nshape):
 def statistics(where, x, nshape, weight, bias, eps, rms):
     """Checks, and the row statistics of a checked x, as SavedRows (no output)."""
     dt = x.dtype
-    D = int(np.prod(nshape))
+    D = math.prod(nshape)
     _row_param(weight, "weight", nshape, dt, where)
     _row_param(bias, "bias", nshape, dt, where)
     if dt.itemsize == 2:        # float32 or 16-bit, but one of them
@@ -116,7 +117,7 @@ def statistics(where, x, nshape, weight, bias, eps, rms):
 def forward(where, x, nshape, weight, bias, eps, out, rms):
     """LayerNorm (rms=False) or RMSNorm of a checked x.  Returns (y, SavedRows)."""
     dt = x.dtype
-    D = int(np.prod(nshape))
+    D = math.prod(nshape)
     out = ck.out_array(out, x.shape, dt, x, where)
     if ck.fused(D, dt) and x.size:
         w = _row_param(weight, "weight", nshape, dt, where)
