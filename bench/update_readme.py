@@ -1,24 +1,38 @@
-"""Copy the table of bench/latest.txt (written by bench/run.sh) into
-README.md between the <!-- bench:start --> and <!-- bench:end --> markers,
-and the whole output into bench/README.md.  The quoted figures are thus the
-CLI's output, never typed by hand."""
+"""Copy the tables of bench/latest.txt, latest_bfloat16.txt and
+latest_float16.txt (written by bench/run.sh) into README.md between the
+<!-- bench:start --> / <!-- bench:end --> markers (float32) and
+<!-- bench-bfloat16:start --> ... (16-bit), and the whole outputs into
+bench/README.md.  The quoted figures are thus the CLI's output, never typed
+by hand.  A 16-bit file that is missing leaves its block as it is."""
 import pathlib
 import re
 
 here = pathlib.Path(__file__).resolve().parent
-out = (here / "latest.txt").read_text()
-table = out[out.index("case "):out.index("\nms: median")].rstrip()
+RUNS = (("bench", "latest.txt"), ("bench-bfloat16", "latest_bfloat16.txt"),
+        ("bench-float16", "latest_float16.txt"))
+
+
+def table(out):
+    return out[out.index("case "):out.index("\nms: median")].rstrip()
+
+
+def put(text, marker, body):
+    pat = rf"<!-- {marker}:start -->.*<!-- {marker}:end -->"
+    if not re.search(pat, text, flags=re.S):
+        raise SystemExit(f"update_readme: no <!-- {marker}:start/end --> markers")
+    return re.sub(pat, f"<!-- {marker}:start -->\n```\n" + body.replace("\\", "\\\\")
+                  + f"\n```\n<!-- {marker}:end -->", text, flags=re.S)
+
 
 readme = here.parent / "README.md"
-text = readme.read_text()
-text = re.sub(r"<!-- bench:start -->.*<!-- bench:end -->",
-              "<!-- bench:start -->\n```\n" + table.replace("\\", "\\\\") + "\n```\n<!-- bench:end -->",
-              text, flags=re.S)
-readme.write_text(text)
-
 bench_readme = here / "README.md"
-text = bench_readme.read_text()
-text = re.sub(r"<!-- bench:start -->.*<!-- bench:end -->",
-              "<!-- bench:start -->\n```\n" + out.strip().replace("\\", "\\\\") + "\n```\n<!-- bench:end -->",
-              text, flags=re.S)
-bench_readme.write_text(text)
+top, full = readme.read_text(), bench_readme.read_text()
+for marker, name in RUNS:
+    path = here / name
+    if not path.exists():
+        continue
+    out = path.read_text()
+    top = put(top, marker, table(out))
+    full = put(full, marker, out.strip())
+readme.write_text(top)
+bench_readme.write_text(full)

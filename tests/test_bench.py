@@ -75,3 +75,43 @@ def test_plot(tmp_path, capsys):
         assert "matplotlib is not installed" in captured.err and not png.exists()
     else:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _isa_pair():
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "isa_pair.py"
+    if not path.exists():
+        pytest.skip("bench/isa_pair.py is not beside the tests")
+    spec = importlib.util.spec_from_file_location("isa_pair", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_isa_pair_times_both_copies_and_restores_the_choice(capsys):
+    from fastnorm import _native
+    pair = _isa_pair()
+    here = list(pair.copies_here())
+    a, b = here[0], here[-1]
+    mods = pair.holders()
+    assert {m.__name__ for m in mods} >= {"fastnorm._batch_norm", "fastnorm._layer_norm",
+                                           "fastnorm._modules", "fastnorm._group_norm"}
+    calls = {a: 0, b: 0}
+    ka, kb = pair.copies_here()[a], pair.copies_here()[b]
+    layer_norm = __import__("fastnorm._layer_norm", fromlist=["x"])
+    real = pair.bind
+
+    def counting_bind(ms, k):
+        real(ms, k)
+        if ms:
+            calls[a if k is ka else b] += 1
+            assert layer_norm._kernels is k
+    pair.bind = counting_bind
+    pair.main(["--pair", f"{a},{b}", "--layers", "LayerNorm", "--repeat", "2",
+               "--threads", "1", "--dtypes", "float32"])
+    text = capsys.readouterr().out
+    rows = [ln for ln in text.splitlines() if ln.startswith("LayerNorm 8192x768")]
+    assert [r.split()[3] for r in rows] == ["forward", "backward"]
+    assert all(float(r.split()[-1]) > 0 for r in rows)
+    assert calls[a] >= 4 and calls[b] >= 4
+    assert all(m._kernels is _native.kernels for m in mods)      # the choice is back
