@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _checks as ck
 from . import _pool
-from ._dtypes import kernel_view as kv
+from ._dtypes import kernel_view as kv, storage_name
 from ._native import kernels as _kernels
 
 
@@ -54,10 +54,16 @@ def rms_eps(eps, dtype, where):
     """eps=None: the machine epsilon of the input's dtype, as PyTorch's
     RMSNorm (2**-7 for bfloat16, 2**-10 for float16)."""
     if eps is None:
-        if dtype.name == "bfloat16":
-            return 2.0 ** -7
-        return float(np.finfo(dtype).eps)
+        e = _MACHINE_EPS.get(dtype)
+        if e is None:       # float32/float64/float16 known; bfloat16 by name
+            e = _MACHINE_EPS[dtype] = (2.0 ** -7 if storage_name(dtype) == "bfloat16"
+                                       else float(np.finfo(dtype).eps))
+        return e
     return ck.eps_value(eps, where)
+
+
+# machine epsilon by dtype (np.finfo costs microseconds a call)
+_MACHINE_EPS = {}
 
 
 def _row_param(a, name, nshape, dtype, where):

@@ -279,7 +279,7 @@ class _BatchNorm(_NormBase):
         eps = self.eps
         dt = x.dtype if type(x) is np.ndarray else None
         if (dt is None or rm is None or (dt is not self.dtype and not (
-                dt.itemsize == 2 and self.dtype is _F32 and dt.name in SIXTEEN))
+                dt.itemsize == 2 and self.dtype is _F32 and storage_name(dt) in SIXTEEN))
                 or x.ndim not in self._ndims or x.shape[1] != self.num_features
                 or type(eps) is not float or not 0.0 < eps < np.inf):
             return None
