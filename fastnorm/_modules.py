@@ -521,7 +521,7 @@ class LayerNorm(_RowNorm):
 
 class RMSNorm(_RowNorm):
     """Root-mean-square normalisation over the trailing `normalized_shape` dims;
-    eps=None is the machine epsilon of the layer's dtype, as in PyTorch."""
+    eps=None is the machine epsilon of the input's dtype, as in PyTorch."""
 
     _rms = True
     _param_names = ("weight",)

@@ -20,7 +20,7 @@ HAS_AVX512 = baseline.cpu_has_avx512()
 # the SIMD copies this CPU runs (each must have been built: see below)
 SIMD_HERE = [isa for isa, ok in (("avx2", HAS_AVX2), ("avx512", HAS_AVX512)) if ok and X86]
 # Every layer of the catalogue on its small shapes, and every kernel family
-# on shapes with remainders after the vector widths, float32 and float64:
+# on shapes with remainders after the vector widths, every storage dtype:
 # train forward and backward, eval forward.
 SCRIPT = r"""
 import sys
