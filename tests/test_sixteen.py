@@ -167,6 +167,17 @@ def test_other_mixes_are_refused():
     import fastnorm.functional as F
     with pytest.raises(TypeError, match="parameters and running statistics must share"):
         F.batch_norm(x16, np.zeros(3, np.float32), np.ones(3, BF16), training=True)
+    # the backward functionals refuse what their forward refuses
+    f32, b16 = np.ones(3, np.float32), np.ones(3, BF16)
+    for kw in (dict(weight=f32, bias=b16), dict(weight=b16, bias=f32),
+               dict(weight=f32, running=(f32, b16))):
+        rm, rv = kw.pop("running", (f32, f32))
+        with pytest.raises(TypeError, match="parameters and running statistics must share"):
+            F.batch_norm_backward(x16, x16, rm, rv, **kw)
+        with pytest.raises(TypeError, match="parameters and running statistics must share"):
+            F.instance_norm_backward(x16, x16, rm, rv, use_input_stats=False, **kw)
+    gi, gw, gb = F.batch_norm_backward(x16, x16, f32, f32, weight=f32, bias=f32)
+    assert gi.dtype == BF16 and gw.dtype == gb.dtype == np.float32
     with pytest.raises(TypeError, match="grad_output has dtype float32"):
         layer = fastnorm.LayerNorm(4)
         layer(x16)
