@@ -18,7 +18,6 @@ modes), in each storage dtype asked for; 16-bit data go to a float32 layer
 (mixed type), as fastnorm-bench --dtype does.
 """
 import argparse
-import importlib
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np
 
 import fastnorm
 from fastnorm import _catalogue, _native
+from fastnorm._dtypes import as_dtype
 
 
 def copies_here():
@@ -40,10 +40,8 @@ def copies_here():
 
 
 def holders():
-    """The fastnorm modules whose ``_kernels`` is the chosen copy."""
-    for name in ("_batch_norm", "_group_norm", "_layer_norm", "_lrn", "_modules",
-                 "_switchable", "_sync_batch_norm", "_moments"):
-        importlib.import_module(f"fastnorm.{name}")
+    """The fastnorm modules whose ``_kernels`` is the chosen copy (import
+    fastnorm has imported every one)."""
     return [m for n, m in sys.modules.items()
             if n.startswith("fastnorm.") and getattr(m, "_kernels", None) is _native.kernels]
 
@@ -51,13 +49,6 @@ def holders():
 def bind(mods, kernels):
     for m in mods:
         m._kernels = kernels
-
-
-def dtype_of(name):
-    if name == "bfloat16":
-        import ml_dtypes
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
 
 
 def make_call(entry, shape, mode, dtype, rng):
@@ -129,7 +120,7 @@ def main(argv=None):
           f"{b + ' ms':>12s} {'ratio':>7s}")
     try:
         for dname in args.dtypes.split(","):
-            dt = dtype_of(dname)
+            dt = as_dtype(dname)
             for entry in _catalogue.CATALOGUE:
                 if layers is not None and entry.name not in layers:
                     continue

@@ -25,6 +25,20 @@ class Saved:
     overwritten: bool       # out= was the input: x3 no longer holds it
 
 
+def check_params(where, C, dt, weight, bias, running_mean, running_var, writable):
+    """The checked (C,) weight, bias, running_mean and running_var (each may
+    be None) for data of dtype dt: each of dt, or for 16-bit data float32,
+    but all of one dtype.  writable: the running statistics will be updated."""
+    weight = ck.param(weight, "weight", C, dt, where)
+    bias = ck.param(bias, "bias", C, dt, where)
+    running_mean = ck.buffer(running_mean, "running_mean", C, dt, where, writable)
+    running_var = ck.buffer(running_var, "running_var", C, dt, where, writable)
+    if dt.itemsize == 2:        # float32 or 16-bit, but one of them
+        ck.same_dtype(where, weight=weight, bias=bias, running_mean=running_mean,
+                      running_var=running_var)
+    return weight, bias, running_mean, running_var
+
+
 def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
             update, momentum, eps, out, nbt=None, moments=None):
     """Batch norm of a checked input x (ndarray, rank >= 2).
@@ -43,13 +57,8 @@ def forward(where, x, running_mean, running_var, weight, bias, batch_stats,
     C = x.shape[1]
     dt = x.dtype
     eps = ck.eps_value(eps, where)
-    weight = ck.param(weight, "weight", C, dt, where)
-    bias = ck.param(bias, "bias", C, dt, where)
-    running_mean = ck.buffer(running_mean, "running_mean", C, dt, where, update)
-    running_var = ck.buffer(running_var, "running_var", C, dt, where, update)
-    if dt.itemsize == 2:        # float32 or 16-bit, but one of them
-        ck.same_dtype(where, weight=weight, bias=bias, running_mean=running_mean,
-                      running_var=running_var)
+    weight, bias, running_mean, running_var = check_params(
+        where, C, dt, weight, bias, running_mean, running_var, writable=update)
     if not batch_stats and (running_mean is None or running_var is None):
         raise ValueError(
             f"{where}: running_mean and running_var are required when not training"

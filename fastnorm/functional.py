@@ -63,12 +63,8 @@ def batch_norm_backward(grad_output, input, running_mean, running_var,
         )
     C, dt = x.shape[1], x.dtype
     eps = ck.eps_value(eps, where)
-    w = ck.param(weight, "weight", C, dt, where)
-    b = ck.param(bias, "bias", C, dt, where)
-    rm = ck.buffer(running_mean, "running_mean", C, dt, where, writable=False)
-    rv = ck.buffer(running_var, "running_var", C, dt, where, writable=False)
-    if dt.itemsize == 2:        # float32 or 16-bit, but one of them (as the forward)
-        ck.same_dtype(where, weight=w, bias=b, running_mean=rm, running_var=rv)
+    _, _, rm, rv = _bn.check_params(where, C, dt, weight, bias, running_mean, running_var,
+                                    writable=False)
     batch = bool(training)
     x3 = ck.as_ncl(x)
     if x.size == 0:     # an empty batch: no statistics, zero gradients
