@@ -248,13 +248,19 @@ class BuildExt(build_ext):
 
 def extensions():
     from Cython.Build import cythonize
+    import numpy
 
+    # The per-call fast paths (_kernels_fast.pxi) read arrays through the
+    # NumPy C API.  Built against NumPy 2 (pyproject's build requirement),
+    # the extension runs on NumPy 1.24 and newer (NPY_TARGET_VERSION).
     exts = [
         Extension(
             name,
             sources=[f"fastnorm/{name.split('.')[-1]}.pyx"],
             depends=sorted(glob.glob("fastnorm/_kernels*.p*") + glob.glob("fastnorm/*.h")),
-            include_dirs=["fastnorm"],
+            include_dirs=["fastnorm", numpy.get_include()],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                           ("NPY_TARGET_VERSION", "NPY_1_24_API_VERSION")],
         )
         for name in ("fastnorm._kernels", "fastnorm._kernels_avx2", "fastnorm._kernels_avx512")
     ]

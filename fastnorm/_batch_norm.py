@@ -25,6 +25,15 @@ class Saved:
     overwritten: bool       # out= was the input: x3 no longer holds it
 
 
+def saved_eval(saved):
+    """The Saved of a forward call: `saved` itself, or made from the tuple
+    (x, mean, invstd, inplace) of the eval fast path (_kernels.batch_call)."""
+    if type(saved) is not tuple:
+        return saved
+    x, mean, invstd, inplace = saved
+    return Saved(ck.as_ncl(x), x.shape, mean, invstd, False, inplace)
+
+
 def check_params(where, C, dt, weight, bias, running_mean, running_var, writable):
     """The checked (C,) weight, bias, running_mean and running_var (each may
     be None) for data of dtype dt: each of dt, or for 16-bit data float32,
@@ -141,6 +150,7 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias, grad_inp
     over every process).  Called once, after every check, also when
     grad_output is empty.
     """
+    saved = saved_eval(saved)
     dt = saved.x3.dtype
     ck.input_kept(saved.overwritten, where)
     g = ck.grad_output(grad_output, saved.shape, dt, where)

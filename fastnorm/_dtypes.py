@@ -55,6 +55,8 @@ def storage_name(dt):
         return name
     if dt.kind == "V" and dt.isnative and dt.itemsize == 2 and dt.name == "bfloat16":
         _NAME_OF[dt] = "bfloat16"
+        from . import _native       # the kernels' fast paths take it from now on
+        _native.register_bfloat16(dt)
         return "bfloat16"
     return None
 

@@ -13,8 +13,9 @@ note of its own:
   _kernels_channels.pxi  per-channel statistics and elementwise passes:
                          BatchNorm, and the two-pass paths of the others
                          (_loops_channels.h)
-  _kernels_eval.pxi      the BatchNorm eval fast path (one call, no
-                         memoryviews)
+  _kernels_fast.pxi      the per-call fast paths: the common call of a
+                         layer or function in one C call, validation
+                         included (NumPy C API, no memoryviews)
   _kernels_slices.pxi    rows and slices normalised over themselves:
                          LayerNorm, RMSNorm, GroupNorm, InstanceNorm
                          (_loops_slices.h)
@@ -108,6 +109,6 @@ cdef enum Op:
 
 include "_kernels_runtime.pxi"
 include "_kernels_channels.pxi"
-include "_kernels_eval.pxi"
 include "_kernels_slices.pxi"
+include "_kernels_fast.pxi"
 include "_kernels_lrn.pxi"

@@ -350,6 +350,38 @@ cdef inline void row_normalise(const storage *x, storage *y, int64_t D, double m
         fn_stream_fence()
 
 
+cdef inline void row_forward(const storage *px, storage *po, int64_t D, double eps,
+                             bint rms, const void *w, const void *b, double *mean,
+                             double *var, double *invstd, bint stream) noexcept nogil:
+    """Statistics and normalisation of one row (rows_run's work item)."""
+    cdef Moments mo = slice_statistics(px, D, eps, rms)
+    mean[0] = 0.0 if rms else mo.mean
+    var[0] = mo.var
+    invstd[0] = mo.invstd
+    row_normalise(px, po, D, mean[0], mo.invstd, rms, w, b, stream)
+
+
+cdef void rows_run(const storage *px, storage *po, int64_t R, int64_t D, double eps,
+                   bint rms, const void *w, const void *b, double *mean, double *var,
+                   double *invstd) noexcept nogil:
+    """rows_forward on raw pointers (also the per-call fast path's kernel,
+    _kernels_fast.pxi): R * D > 0, w and b compute-type values or NULL."""
+    cdef int64_t r
+    cdef int nt = threads_for(R * D, R)
+    cdef bint stream = streams(po, px, R * D * sizeof(storage))
+    if nt == 1:
+        # small call: no parallel region to enter
+        note_threads(1)
+        for r in range(R):
+            row_forward(px + r * D, po + r * D, D, eps, rms, w, b, mean + r, var + r,
+                        invstd + r, stream)
+    else:
+        for r in prange(R, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            row_forward(px + r * D, po + r * D, D, eps, rms, w, b, mean + r, var + r,
+                        invstd + r, stream)
+
+
 def rows_forward(const storage[:, ::1] x, storage[:, ::1] out, double eps, bint rms,
                  const unsigned char[::1] weight, const unsigned char[::1] bias,
                  double[::1] mean, double[::1] var, double[::1] invstd):
@@ -362,23 +394,13 @@ def rows_forward(const storage[:, ::1] x, storage[:, ::1] out, double eps, bint 
     1 / sqrt(var + eps), or with rms 1 / sqrt(var + mean**2 + eps), the row
     then scaled around 0.
     """
-    cdef int64_t R = x.shape[0], D = x.shape[1], r
-    cdef int nt = threads_for(R * D, R)
+    cdef int64_t R = x.shape[0], D = x.shape[1]
     cdef const storage *px = &x[0, 0]
     cdef storage *po = &out[0, 0]
     cdef const void *w = param_ptr(weight, D, fn_csize(px))
     cdef const void *b = param_ptr(bias, D, fn_csize(px))
-    cdef Moments mo
-    cdef bint stream = streams(po, px, R * D * sizeof(storage))
     with nogil:
-        for r in prange(R, num_threads=nt, schedule='static'):
-            note_threads(nt)
-            mo = slice_statistics(px + r * D, D, eps, rms)
-            mean[r] = 0.0 if rms else mo.mean
-            var[r] = mo.var
-            invstd[r] = mo.invstd
-            row_normalise(px + r * D, po + r * D, D, mean[r], mo.invstd, rms, w, b,
-                          stream)
+        rows_run(px, po, R, D, eps, rms, w, b, &mean[0], &var[0], &invstd[0])
 
 
 def rows_backward(const storage[:, ::1] x, const storage[:, ::1] dy,

@@ -134,6 +134,8 @@ def forward(where, x, nshape, weight, bias, eps, out, rms):
         R = x2.shape[0]
         y = out if out is not None else _pool.empty(x.shape, dt)
         mean, var, invstd = np.empty(R), np.empty(R), np.empty(R)
+        if w is None and b is not None:     # the kernel takes a bias only with a weight
+            w = ck.unit_weight(D, dt)
         _kernels.rows_forward(kv(x2), kv(y.reshape(R, D)), eps, rms, ck.kernel_param(w, dt),
                               ck.kernel_param(b, dt), mean, var, invstd)
         saved = SavedRows(x2, x.shape, mean, invstd, rms,
@@ -157,8 +159,20 @@ def forward(where, x, nshape, weight, bias, eps, out, rms):
     return y, saved
 
 
+def saved_rows(saved, nshape):
+    """The SavedRows of a forward call: `saved` itself, or made from the
+    tuple (x, mean, invstd, inplace, rms) of the per-call fast path
+    (_kernels.rows_call)."""
+    if type(saved) is not tuple:
+        return saved
+    x, mean, invstd, inplace, rms = saved
+    return SavedRows(ck.as_rows(x, math.prod(nshape)), x.shape, mean, invstd, rms, inplace)
+
+
 def backward(where, grad_output, saved, weight, nshape, need_weight, need_bias):
-    """(grad_input, grad_weight, grad_bias) of the forward that made `saved`."""
+    """(grad_input, grad_weight, grad_bias) of the forward that made `saved`
+    (a SavedRows, or the fast path's tuple: saved_rows)."""
+    saved = saved_rows(saved, nshape)
     x2 = saved.x2
     dt = x2.dtype
     ck.input_kept(saved.overwritten, where)

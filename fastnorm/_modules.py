@@ -9,12 +9,10 @@ from . import _lrn
 from . import _switchable as _sn
 from . import _checks as ck
 from . import _forksafe
-from . import _pool
-from ._dtypes import SIXTEEN, kernel_view, param_dtypes, storage_name
+from ._dtypes import param_dtypes, storage_name
 from ._native import kernels as _kernels
 
 
-_F32 = np.dtype(np.float32)
 
 
 class Module:
@@ -163,7 +161,6 @@ class _NormBase(_Affine):
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
         self._saved_training = None
-        self._eval_scratch = None   # (mean, invstd) float64 of the eval fast path
         # serialises the calls that update the running statistics (read the
         # count, run the kernel that folds the batch in, write the count);
         # taken across fork() (_forksafe)
@@ -245,8 +242,15 @@ class _BatchNorm(_NormBase):
 
     def _forward(self, x, out):
         if not self.training:
-            y = self._eval_fast(x, out)
-            if y is not None:
+            # the common eval call in one kernel call (validation included),
+            # or None: _kernels_fast.pxi says what it takes
+            nd = self._ndims
+            r = _kernels.batch_call(x, out, self.running_mean, self.running_var,
+                                    self.weight, self.bias, self.eps, self.dtype, nd[0],
+                                    nd[-1], self.num_features)
+            if r is not None:
+                y, self._saved = r
+                self._saved_training = False
                 return y
         where = type(self).__name__
         x = self._check_input(x, where)
@@ -261,54 +265,6 @@ class _BatchNorm(_NormBase):
             self.num_batches_tracked[...] = nbt
         self._saved = saved
         self._saved_training = self.training
-        return y
-
-    def _eval_fast(self, x, out):
-        """Eval forward of the common call in one kernel call, or None.
-
-        Taken only when every check of the general path is known to pass: a
-        native-order, aligned, C-contiguous, non-empty ndarray of the layer's
-        dtype, rank and channel count; running statistics and parameters that
-        are (C,) arrays of that dtype; a float eps; positive var + eps; `out`
-        None or an ndarray of x's shape and dtype, writable, C-contiguous,
-        either x's memory or apart from it (the kernel checks the buffers).
-        Anything else returns None and the general path runs (and raises its
-        clear errors).  Same arithmetic as the general path, so the same bits.
-        """
-        rm = self.running_mean
-        eps = self.eps
-        dt = x.dtype if type(x) is np.ndarray else None
-        if (dt is None or rm is None or (dt is not self.dtype and not (
-                dt.itemsize == 2 and self.dtype is _F32 and storage_name(dt) in SIXTEEN))
-                or x.ndim not in self._ndims or x.shape[1] != self.num_features
-                or type(eps) is not float or not 0.0 < eps < np.inf):
-            return None
-        if out is None:
-            y = (np.empty(x.shape, dt) if x.nbytes < _pool.THRESHOLD
-                 else _pool.empty(x.shape, dt))
-        elif type(out) is np.ndarray and out.shape == x.shape and out.dtype is dt:
-            y = out
-        else:
-            return None
-        scratch = self._eval_scratch
-        if scratch is None:
-            C = self.num_features
-            scratch = self._eval_scratch = (np.empty(C), np.empty(C))
-        if dt.itemsize == 2:
-            done = _kernels.batch_eval(kernel_view(x), kernel_view(y), kernel_view(rm),
-                                       kernel_view(self.running_var),
-                                       None if self.weight is None else kernel_view(self.weight),
-                                       None if self.bias is None else kernel_view(self.bias),
-                                       eps, scratch[0], scratch[1])
-        else:
-            done = _kernels.batch_eval(x, y, rm, self.running_var, self.weight, self.bias,
-                                       eps, scratch[0], scratch[1])
-        if not done:
-            return None         # not the common call: general path
-        shape = x.shape
-        x3 = x.reshape(shape[0], shape[1], -1)
-        self._saved = _bn.Saved(x3, shape, scratch[0], scratch[1], False, done == 2)
-        self._saved_training = False
         return y
 
     def backward(self, grad_output, out=None):
@@ -386,7 +342,9 @@ class _InstanceNorm(_NormBase):
                                    self.eps, ob)
         self._saved = (saved, unbatched)
         self._saved_training = self.training
-        return y[0] if unbatched else y
+        if unbatched:
+            return y[0] if out is None else out     # out itself, not a view of it
+        return y
 
     def backward(self, grad_output):
         """Input gradient of the last forward call; stores weight_grad, bias_grad."""
@@ -489,6 +447,13 @@ class _RowNorm(_Affine):
 
     def forward(self, x, out=None):
         """Normalise x over its trailing dims (same in training and eval)."""
+        # the common call in one kernel call (validation included), or None:
+        # _kernels_fast.pxi says what it takes
+        r = _kernels.rows_call(x, out, self.normalized_shape, self.weight, self.bias,
+                               self.eps, self._rms, self.dtype)
+        if r is not None:
+            y, self._saved = r
+            return y
         where = type(self).__name__
         x = _ln.check_rows(where, x, self.normalized_shape)
         self._check_dtype(x, where)

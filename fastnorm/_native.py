@@ -16,6 +16,7 @@ import importlib
 import os
 
 from . import _kernels as _baseline
+from . import _pool
 
 ISA_ENV = "FASTNORM_ISA"
 ISAS = ("baseline", "avx2", "avx512")       # narrowest first
@@ -26,13 +27,37 @@ def _runs_here(isa):
             "avx512": _baseline.cpu_has_avx512()}[isa]
 
 
+# every copy loaded so far, configured for the per-call fast paths
+_loaded = []
+_bfloat16 = []      # the bfloat16 dtype, once fastnorm._dtypes has met it
+
+
+def _configure(mod):
+    """A copy's fast paths: the output pool for large outputs, and bfloat16
+    when it is known (each copy is a module of its own, with its own state)."""
+    if mod not in _loaded:
+        mod.set_output_allocator(_pool.empty, _pool.THRESHOLD)
+        for dt in _bfloat16:
+            mod.register_bfloat16(dt)
+        _loaded.append(mod)
+    return mod
+
+
+def register_bfloat16(dtype):
+    """Called by fastnorm._dtypes when it first recognises bfloat16."""
+    if not _bfloat16:
+        _bfloat16.append(dtype)
+        for mod in _loaded:
+            mod.register_bfloat16(dtype)
+
+
 def _load(isa):
     """The copy for isa, or None when it was not built (non-x86 platform, a
     compiler without the flags, FASTNORM_DISABLE_*)."""
     if isa == "baseline":
-        return _baseline
+        return _configure(_baseline)
     try:
-        return importlib.import_module(f"fastnorm._kernels_{isa}")
+        return _configure(importlib.import_module(f"fastnorm._kernels_{isa}"))
     except ImportError:
         return None
 
@@ -55,7 +80,7 @@ def _choose():
         mod = _load(isa) if _runs_here(isa) else None
         if mod is not None:
             return mod
-    return _baseline
+    return _load("baseline")
 
 
 kernels = _choose()

@@ -5,6 +5,7 @@ import pytest
 import fastnorm
 import fastnorm.functional as F
 import reference as ref
+from util import general_path, took_fast_path
 
 LAYERS = {2: fastnorm.BatchNorm1d, 3: fastnorm.BatchNorm1d, 4: fastnorm.BatchNorm2d,
           5: fastnorm.BatchNorm3d}
@@ -370,14 +371,14 @@ def test_float32_backward_sums_that_overflow_are_redone_in_float64(make, rng):
 # --- the eval fast path (one kernel call for the common eval call) ---------
 
 def _eval_pair(shape, dtype, rng, affine=True):
-    """Two identical eval layers; the second never takes the fast path."""
+    """Two identical eval layers (the tests call the second with the fast
+    paths off)."""
     a = _layer(shape, dtype, affine=affine)
     _params(a, rng)
     a.running_mean[...] = rng.normal(size=shape[1])
     a.running_var[...] = rng.uniform(0.3, 3.0, shape[1])
     b = _layer(shape, dtype, affine=affine)
     b.load_state_dict(a.state_dict())
-    b._eval_fast = lambda x, out: None
     return a.eval(), b.eval()
 
 
@@ -390,8 +391,9 @@ def test_eval_fast_path_is_bitwise_the_general_path(shape, dtype, affine, rng):
     x = (rng.normal(size=shape) * 3 + 1).astype(dtype)
     g = rng.normal(size=shape).astype(dtype)
     y = fast(x)
-    assert fast._saved.mean is fast._eval_scratch[0]      # the fast path ran
-    np.testing.assert_array_equal(y, general(x), strict=True)
+    assert took_fast_path(fast)
+    np.testing.assert_array_equal(y, general_path(general, x), strict=True)
+    assert not took_fast_path(general)
     ey = ref.batch_norm(x, fast.running_mean, fast.running_var, fast.weight, fast.bias,
                         training=False)[0]
     np.testing.assert_allclose(y, ey, **TOL[dtype])
@@ -402,9 +404,11 @@ def test_eval_fast_path_is_bitwise_the_general_path(shape, dtype, affine, rng):
     # out= a separate array, and out=x (in place: backward then refuses)
     out = np.full(shape, np.nan, dtype)
     assert fast(x, out=out) is out
+    assert took_fast_path(fast)
     np.testing.assert_array_equal(out, y)
     xc = x.copy()
     assert fast(xc, out=xc) is xc
+    assert took_fast_path(fast)
     np.testing.assert_array_equal(xc, y)
     with pytest.raises(RuntimeError, match="wrote its output over its input"):
         fast.backward(g)
@@ -414,15 +418,22 @@ def test_eval_fast_path_leaves_odd_calls_to_the_general_path(rng):
     shape = (2, 4, 3, 5)
     fast, general = _eval_pair(shape, np.float32, rng)
     x = rng.normal(size=shape).astype(np.float32)
-    # non-contiguous input, a list, a tensor-like: general path, same result
+    want = general_path(general, x)
+    # non-contiguous input, byte-swapped input: general path, same result
     xt = np.asfortranarray(x)
-    np.testing.assert_array_equal(fast(xt), general(x))
-    assert fast._saved.mean is not fast._eval_scratch[0]
-    np.testing.assert_array_equal(fast(x.astype(">f4")), general(x))
+    np.testing.assert_array_equal(fast(xt), want)
+    assert not took_fast_path(fast)
+    np.testing.assert_array_equal(fast(x.astype(">f4")), want)
+    assert not took_fast_path(fast)
     xr = x.copy()
     xr.flags.writeable = False      # read-only input: fast path
-    np.testing.assert_array_equal(fast(xr), general(x))
-    assert fast._saved.mean is fast._eval_scratch[0]
+    np.testing.assert_array_equal(fast(xr), want)
+    assert took_fast_path(fast)
+    # an integer eps: general path, same bits as the float
+    fast.eps, general.eps = 1, 1.0
+    np.testing.assert_array_equal(fast(x), general_path(general, x))
+    assert not took_fast_path(fast)
+    fast.eps = general.eps = 1e-5
     # partial overlap of out and x is refused with the general path's message
     buf = np.zeros(x.size + 1, np.float32)
     xv, ov = buf[1:].reshape(shape), buf[:-1].reshape(shape)
@@ -434,6 +445,8 @@ def test_eval_fast_path_leaves_odd_calls_to_the_general_path(rng):
         fast(x, out=ro)
     with pytest.raises(TypeError, match="out has dtype float64"):
         fast(x, out=np.empty(shape))
+    with pytest.raises(ValueError, match="out has shape"):
+        fast(x, out=np.empty(shape[::-1], np.float32))
     # a buffer replaced by the user with the wrong dtype or shape
     rv = fast.running_var
     fast.running_var = rv.astype(np.float64)
@@ -445,7 +458,8 @@ def test_eval_fast_path_leaves_odd_calls_to_the_general_path(rng):
     fast.running_var = rv
     fast.weight = None
     general.weight = None
-    np.testing.assert_array_equal(fast(x), general(x))
+    np.testing.assert_array_equal(fast(x), general_path(general, x))
+    assert took_fast_path(fast)
     # wrong channel count, dtype and rank keep their messages
     with pytest.raises(ValueError, match="expected input with 4 channels"):
         fast(np.zeros((2, 5, 3, 5), np.float32))
@@ -464,10 +478,10 @@ def test_eval_fast_path_negative_variance_behaves_as_the_general_path(rng):
     with pytest.warns(RuntimeWarning):
         y = fast(x)
     with pytest.warns(RuntimeWarning):
-        e = general(x)
+        e = general_path(general, x)
     np.testing.assert_array_equal(y, e)
     assert np.isnan(y[:, 1]).all() and np.isfinite(y[:, [0, 2]]).all()
-    # nothing was written into the scratch of a refused call's running stats
+    # the call the fast path declined changed nothing
     assert fast.running_var[1] == -1.0
 
 
@@ -475,6 +489,7 @@ def test_eval_fast_path_empty_batch(rng):
     fast, general = _eval_pair((0, 3, 4, 4), np.float32, rng)
     x = np.zeros((0, 3, 4, 4), np.float32)
     assert fast(x).shape == (0, 3, 4, 4)
+    assert not took_fast_path(fast)
 
 
 @pytest.mark.filterwarnings("error")

@@ -1,4 +1,5 @@
 """Helpers shared by the tests."""
+import contextlib
 import os
 import pickle
 import signal
@@ -16,6 +17,32 @@ def asan_loaded():
             return "libasan" in f.read()
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def fast_paths_off():
+    """Every call inside takes the general path: the per-call fast paths
+    (_kernels_fast.pxi) off in every kernel copy loaded."""
+    from fastnorm import _native
+    was = [m.fast_paths(False) for m in _native._loaded]
+    try:
+        yield
+    finally:
+        for m, w in zip(_native._loaded, was):
+            m.fast_paths(w)
+
+
+def general_path(f, *args, **kwargs):
+    """f(*args, **kwargs) with the fast paths off."""
+    with fast_paths_off():
+        return f(*args, **kwargs)
+
+
+def took_fast_path(layer):
+    """Whether the layer's last forward was a fast-path call: it saved the
+    fast path's tuple, which backward turns into the family's record."""
+    saved = layer._saved
+    return type(saved) is tuple and len(saved) in (4, 5) and isinstance(saved[1], np.ndarray)
 
 
 def run_isolated(cmd, timeout, env=None, cwd=None):

@@ -1,0 +1,498 @@
+# Per-call fast paths: the common call of a layer or function in one C call,
+# validation included.  Included by _kernels.pyx.
+#
+# A call on a tiny input (a decode step's one token, a batch-1 feature map)
+# costs its Python glue, not its arithmetic: the general path validates in
+# Python, makes array views and typed memoryviews, allocates its statistics
+# and builds a dataclass to save for backward, 10-16 us in all.  A fast path
+# reads its arguments through the NumPy C API (a field read per check, where
+# a buffer or memoryview costs ~75 ns each), allocates the output and the
+# statistics in C, and runs the same kernel loop as the general path
+# (rows_run, elementwise) with the same coefficients, so both give the same
+# bits.
+#
+# What a fast path takes: exact ndarrays (no subclass, no array-like),
+# native byte order, C-contiguous and aligned; a storage dtype (float32,
+# float64, float16, and bfloat16 once fastnorm._dtypes has registered it);
+# parameters of the shape the general path requires, all of one dtype,
+# which is the data's, or float32 for 16-bit data (mixed); a float eps,
+# positive and finite; `out` None or an exact ndarray of x's shape and
+# dtype, writable, C-contiguous, and either x's memory or apart from it; a
+# non-empty input.  Anything else returns None without touching anything,
+# and the caller's general path runs: it accepts every call the fast path
+# declines (array-likes, strided or byte-swapped data, integer eps, empty
+# batches, ...) or raises its clear error.  Both paths write nothing before
+# every check has passed.  `fast_paths(False)` turns them all off (tests
+# compare the two paths bit for bit).
+#
+# What they return: (y, saved), saved being a tuple the layer keeps for
+# backward and turns into its family's saved record only when backward runs
+# (_layer_norm.saved_rows, _batch_norm.saved_eval).  The statistics are new
+# arrays per call (two float64 arrays of R or C values, ~50 ns each): a
+# layer called from several threads at once shares nothing.
+
+cimport numpy as cnp
+from cpython.object cimport PyObject
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
+from cpython.long cimport PyLong_AsSsize_t, PyLong_CheckExact
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_CheckExact
+
+cnp.import_array()
+
+cdef enum Code:
+    S_NONE = -1         # not a storage dtype (or not an acceptable array)
+    S_ABSENT = -2       # None (an optional parameter not given)
+    S_F32 = 0
+    S_F64 = 1
+    S_BF16 = 2
+    S_F16 = 3
+
+cdef bint g_fast = True                 # fast_paths()
+cdef object g_bf16 = None               # the bfloat16 dtype (register_bfloat16)
+cdef object g_pool_empty = None         # output allocator for large outputs
+cdef Py_ssize_t g_pool_bytes = -1       # outputs this large go to g_pool_empty
+cdef enum:
+    FUSE_BYTES = 512 * 1024             # = fastnorm._checks.FUSE_BYTES
+    SMALL_K = 64                        # channels with coefficients on the stack
+
+
+def fast_paths(enabled=None):
+    """Whether the per-call fast paths run (True at import); with a bool,
+    sets it and returns the previous value.  Off, every call takes the
+    general path (for tests)."""
+    global g_fast
+    cdef bint was = g_fast
+    if enabled is not None:
+        g_fast = bool(enabled)
+    return was
+
+
+def register_bfloat16(dtype):
+    """Tell the fast paths which dtype is bfloat16 (fastnorm._dtypes does,
+    when it first meets it)."""
+    global g_bf16
+    g_bf16 = dtype
+
+
+def set_output_allocator(empty, Py_ssize_t threshold):
+    """Outputs of threshold bytes or more are allocated by empty(shape,
+    dtype) (fastnorm._pool), smaller ones by the fast path itself."""
+    global g_pool_empty, g_pool_bytes
+    g_pool_empty = empty
+    g_pool_bytes = threshold
+
+
+cdef inline int type_code(int type_num, PyObject *descr) noexcept:
+    """The storage code of a dtype (its type number and object), S_NONE for
+    any other."""
+    if type_num == cnp.NPY_FLOAT:
+        return S_F32
+    if type_num == cnp.NPY_DOUBLE:
+        return S_F64
+    if type_num == cnp.NPY_FLOAT16:
+        return S_F16
+    if g_bf16 is not None and descr == <PyObject *>g_bf16:
+        return S_BF16
+    return S_NONE
+
+
+cdef inline int array_code(object o, bint writable) noexcept:
+    """o's storage code when o is an exact ndarray, native order, C-contiguous,
+    aligned (and writable if asked); S_NONE otherwise."""
+    cdef int need = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+    if not cnp.PyArray_CheckExact(o):
+        return S_NONE
+    if writable:
+        need |= cnp.NPY_ARRAY_WRITEABLE
+    if (cnp.PyArray_FLAGS(<cnp.ndarray>o) & need) != need:
+        return S_NONE
+    if not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>o):
+        return S_NONE
+    return type_code(cnp.PyArray_TYPE(<cnp.ndarray>o),
+                     <PyObject *>cnp.PyArray_DESCR(<cnp.ndarray>o))
+
+
+cdef inline int layer_code(object dtype) noexcept:
+    """The storage code of a layer's dtype; S_ABSENT for None (a function)."""
+    if dtype is None:
+        return S_ABSENT
+    if not cnp.PyArray_DescrCheck(dtype):
+        return S_NONE
+    return type_code((<cnp.dtype>dtype).type_num, <PyObject *>dtype)
+
+
+cdef inline bint sixteen(int code) noexcept nogil:
+    return code == S_BF16 or code == S_F16
+
+
+cdef inline bint data_fits_layer(int xcode, int lcode) noexcept nogil:
+    """Data of xcode for a layer of lcode: the same dtype, or 16-bit data
+    for a float32 layer (mixed); any storage dtype for a function."""
+    return (lcode == S_ABSENT or xcode == lcode
+            or (lcode == S_F32 and sixteen(xcode)))
+
+
+cdef inline int param_code(object o, cnp.ndarray x, int nd) noexcept:
+    """The storage code of a parameter whose shape must be x's trailing nd
+    dims (nd = -1: the shape (x.shape[1],), a per-channel parameter);
+    S_ABSENT for None, S_NONE for anything else."""
+    cdef int code, i, xn
+    cdef cnp.npy_intp *pd
+    cdef cnp.npy_intp *xd
+    if o is None:
+        return S_ABSENT
+    code = array_code(o, False)
+    if code == S_NONE:
+        return S_NONE
+    pd = cnp.PyArray_DIMS(<cnp.ndarray>o)
+    xd = cnp.PyArray_DIMS(x)
+    xn = cnp.PyArray_NDIM(x)
+    if nd < 0:
+        if cnp.PyArray_NDIM(<cnp.ndarray>o) != 1 or pd[0] != xd[1]:
+            return S_NONE
+        return code
+    if cnp.PyArray_NDIM(<cnp.ndarray>o) != nd:
+        return S_NONE
+    for i in range(nd):
+        if pd[i] != xd[xn - nd + i]:
+            return S_NONE
+    return code
+
+
+cdef inline int params_code(int xcode, int a, int b, int c, int d) noexcept nogil:
+    """The one dtype code of the given parameters (S_ABSENT for none given):
+    all the same, the data's, or float32 for 16-bit data; S_NONE otherwise."""
+    cdef int got = S_ABSENT, k, i
+    cdef int codes[4]
+    codes[0] = a
+    codes[1] = b
+    codes[2] = c
+    codes[3] = d
+    for i in range(4):
+        k = codes[i]
+        if k == S_ABSENT:
+            continue
+        if k == S_NONE or (got != S_ABSENT and k != got):
+            return S_NONE
+        got = k
+    if got == S_ABSENT or got == xcode or (got == S_F32 and sixteen(xcode)):
+        return got
+    return S_NONE
+
+
+cdef inline int eps_ok(object eps, double *value) noexcept:
+    """A Python float, positive and finite (ints and others: general path)."""
+    cdef double e
+    if not PyFloat_CheckExact(eps):
+        return 0
+    e = PyFloat_AS_DOUBLE(eps)
+    if not (e > 0.0 and isfinite(e)):
+        return 0
+    value[0] = e
+    return 1
+
+
+cdef object output_for(object out, cnp.ndarray x, int xcode, int *inplace):
+    """out checked against x, or a new C-contiguous array like x when out is
+    None; None when out is not acceptable (the general path explains why).
+    inplace: 1 when out is x's memory."""
+    cdef char *xp
+    cdef char *op
+    cdef Py_ssize_t nb
+    cdef int i
+    inplace[0] = 0
+    if out is None:
+        if g_pool_bytes >= 0 and cnp.PyArray_NBYTES(x) >= g_pool_bytes:
+            return g_pool_empty((<object>x).shape, (<object>x).dtype)
+        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x),
+                                 cnp.PyArray_TYPE(x), 0)
+    if array_code(out, True) != xcode:
+        return None
+    if cnp.PyArray_NDIM(<cnp.ndarray>out) != cnp.PyArray_NDIM(x):
+        return None
+    for i in range(cnp.PyArray_NDIM(x)):
+        if cnp.PyArray_DIMS(<cnp.ndarray>out)[i] != cnp.PyArray_DIMS(x)[i]:
+            return None
+    xp = <char *>cnp.PyArray_DATA(x)
+    op = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    nb = cnp.PyArray_NBYTES(x)
+    if op == xp:
+        inplace[0] = 1
+    elif op < xp + nb and xp < op + nb:
+        return None             # partial overlap: refused by the general path
+    return out
+
+
+cdef int compute_params(int pcode, const void *w, const void *b, Py_ssize_t n,
+                        const void **wk, const void **bk, float **owned) except -1:
+    """Parameters as the kernels take them (compute-type values): w and b
+    themselves, or for 16-bit parameters (a pure 16-bit layer) their float32
+    values in *owned (one allocation for both, freed by the caller)."""
+    cdef Py_ssize_t i
+    cdef float *f
+    wk[0] = w
+    bk[0] = b
+    owned[0] = NULL
+    if not sixteen(pcode) or (w == NULL and b == NULL):
+        return 0
+    f = <float *>malloc(2 * n * sizeof(float))
+    if f == NULL:
+        raise MemoryError()
+    owned[0] = f
+    for i in range(n):
+        if w != NULL:
+            f[i] = <float>(fn_at(<const fn_bf16 *>w, i) if pcode == S_BF16
+                           else fn_at(<const fn_f16 *>w, i))
+        if b != NULL:
+            f[n + i] = <float>(fn_at(<const fn_bf16 *>b, i) if pcode == S_BF16
+                               else fn_at(<const fn_f16 *>b, i))
+    wk[0] = f if w != NULL else NULL
+    bk[0] = f + n if b != NULL else NULL
+    return 0
+
+
+cdef inline const void *data_or_null(object o) noexcept:
+    return NULL if o is None else cnp.PyArray_DATA(<cnp.ndarray>o)
+
+
+# --------------------------------------------------------------------------
+# LayerNorm and RMSNorm
+# --------------------------------------------------------------------------
+
+cdef void rows_dispatch(int code, const void *x, void *y, int64_t R, int64_t D,
+                        double eps, bint rms, const void *w, const void *b, double *mean,
+                        double *var, double *invstd) noexcept nogil:
+    if code == S_F32:
+        rows_run(<const float *>x, <float *>y, R, D, eps, rms, w, b, mean, var, invstd)
+    elif code == S_F64:
+        rows_run(<const double *>x, <double *>y, R, D, eps, rms, w, b, mean, var, invstd)
+    elif code == S_BF16:
+        rows_run(<const fn_bf16 *>x, <fn_bf16 *>y, R, D, eps, rms, w, b, mean, var,
+                 invstd)
+    else:
+        rows_run(<const fn_f16 *>x, <fn_f16 *>y, R, D, eps, rms, w, b, mean, var, invstd)
+
+
+cdef inline double machine_eps(int code) noexcept nogil:
+    """RMSNorm's eps=None: the machine epsilon of the data's dtype
+    (= _layer_norm.rms_eps)."""
+    if code == S_F32:
+        return 1.1920928955078125e-07       # 2**-23
+    if code == S_F64:
+        return 2.220446049250313e-16        # 2**-52
+    if code == S_BF16:
+        return 0.0078125                    # 2**-7
+    return 0.0009765625                     # 2**-10
+
+
+def rows_call(x, out, normalized_shape, weight, bias, eps, bint rms, layer_dtype):
+    """LayerNorm (rms False) or RMSNorm forward of the common call, or None.
+
+    x: the input; normalized_shape: a tuple of ints, x's trailing dims;
+    weight, bias: arrays of that shape or None; eps: a float (None for
+    RMSNorm: the machine epsilon of x's dtype); layer_dtype: the layer's
+    dtype, None for a function.  Rows of at most FUSE_BYTES only (the
+    one-pass kernel; longer rows take the general path's two passes).
+    Returns (y, (x, mean, invstd, inplace, rms)): mean and invstd (R,)
+    float64 as rows_forward gives them, inplace when y is x's memory."""
+    cdef int xcode, pcode, inplace, k, i
+    cdef cnp.ndarray xa
+    cdef cnp.npy_intp D = 1, R, dim
+    cdef double e
+    cdef const void *wk
+    cdef const void *bk
+    cdef float *owned = NULL
+    cdef double vbuf[64]
+    cdef double *var = vbuf
+    if not g_fast:
+        return None
+    xcode = array_code(x, False)
+    if xcode == S_NONE or not data_fits_layer(xcode, layer_code(layer_dtype)):
+        return None
+    xa = <cnp.ndarray>x
+    if not PyTuple_CheckExact(normalized_shape):
+        return None
+    k = <int>PyTuple_GET_SIZE(normalized_shape)
+    if k < 1 or k > cnp.PyArray_NDIM(xa):
+        return None
+    for i in range(k):
+        o = <object>PyTuple_GET_ITEM(normalized_shape, i)
+        if not PyLong_CheckExact(o):
+            return None
+        dim = PyLong_AsSsize_t(o)
+        if dim < 1 or dim != cnp.PyArray_DIMS(xa)[cnp.PyArray_NDIM(xa) - k + i]:
+            return None
+        D *= dim
+    R = cnp.PyArray_SIZE(xa) // D
+    if R == 0 or D * cnp.PyArray_ITEMSIZE(xa) > FUSE_BYTES:
+        return None
+    if rms and eps is None:
+        e = machine_eps(xcode)
+    elif not eps_ok(eps, &e):
+        return None
+    pcode = params_code(xcode, param_code(weight, xa, k),
+                        S_NONE if rms and bias is not None else param_code(bias, xa, k),
+                        S_ABSENT, S_ABSENT)
+    if pcode == S_NONE or (weight is None and bias is not None):
+        return None
+    y = output_for(out, xa, xcode, &inplace)
+    if y is None:
+        return None
+    mean = cnp.PyArray_EMPTY(1, &R, cnp.NPY_DOUBLE, 0)
+    invstd = cnp.PyArray_EMPTY(1, &R, cnp.NPY_DOUBLE, 0)
+    compute_params(pcode, data_or_null(weight), data_or_null(bias), D, &wk, &bk, &owned)
+    if R > 64:
+        var = <double *>malloc(R * sizeof(double))
+        if var == NULL:
+            free(owned)
+            raise MemoryError()
+    with nogil:
+        rows_dispatch(xcode, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(<cnp.ndarray>y), R, D,
+                      e, rms, wk, bk, <double *>cnp.PyArray_DATA(<cnp.ndarray>mean), var,
+                      <double *>cnp.PyArray_DATA(<cnp.ndarray>invstd))
+    if var != vbuf:
+        free(var)
+    free(owned)
+    return y, (x, mean, invstd, bool(inplace), bool(rms))
+
+
+# --------------------------------------------------------------------------
+# BatchNorm in eval mode (and the functionals with running statistics)
+# --------------------------------------------------------------------------
+
+cdef int eval_coefficients(const storage *rm, const storage *rv,
+                           const storage *w, const storage *b, double eps,
+                           int64_t C, double *mean, double *invstd,
+                           double *k) noexcept nogil:
+    """BatchNorm eval coefficients, as the general path computes them in
+    NumPy (float64): invstd = 1 / sqrt(var + eps), scale = invstd * weight,
+    centre = mean rounded to the compute type, shift = (centre - mean) *
+    scale + bias.  k: centre, scale, shift, each C long.  Returns 0 when some
+    var + eps is not positive (NaN or negative variance: left to the
+    general path and its warnings) or a mean or weight is not finite (the
+    general path's rule for those), else 1."""
+    cdef int64_t c
+    cdef double m, inv, sc, ctr
+    for c in range(C):
+        if not (fn_at(rv, c) + eps > 0.0 and isfinite(fn_at(rm, c))):
+            return 0
+        if w != NULL and not isfinite(fn_at(w, c)):
+            return 0
+    for c in range(C):
+        m = fn_at(rm, c)
+        inv = 1.0 / sqrt(fn_at(rv, c) + eps)
+        mean[c] = m
+        invstd[c] = inv
+        sc = inv if w == NULL else inv * fn_at(w, c)
+        ctr = fn_centre(rm, m)
+        k[c] = ctr
+        k[C + c] = sc
+        k[2 * C + c] = (ctr - m) * sc
+        if b != NULL:
+            k[2 * C + c] = k[2 * C + c] + fn_at(b, c)
+    return 1
+
+
+cdef int coefficients(int pcode, const void *rm, const void *rv, const void *w,
+                      const void *b, double eps, int64_t C, double *mean, double *invstd,
+                      double *k) noexcept nogil:
+    """eval_coefficients on parameters of storage code pcode."""
+    if pcode == S_F32:
+        return eval_coefficients(<const float *>rm, <const float *>rv, <const float *>w,
+                                 <const float *>b, eps, C, mean, invstd, k)
+    if pcode == S_F64:
+        return eval_coefficients(<const double *>rm, <const double *>rv,
+                                 <const double *>w, <const double *>b, eps, C, mean,
+                                 invstd, k)
+    if pcode == S_BF16:
+        return eval_coefficients(<const fn_bf16 *>rm, <const fn_bf16 *>rv,
+                                 <const fn_bf16 *>w, <const fn_bf16 *>b, eps, C, mean,
+                                 invstd, k)
+    return eval_coefficients(<const fn_f16 *>rm, <const fn_f16 *>rv, <const fn_f16 *>w,
+                             <const fn_f16 *>b, eps, C, mean, invstd, k)
+
+
+cdef int affine_call(int code, const void *x, void *y, int64_t N, int64_t C, int64_t L,
+                     const double *k) except -1:
+    """The affine pass over data of storage code `code`."""
+    if code == S_F32:
+        elementwise(OP_AFFINE, <const float *>x, <const float *>NULL, <float *>y, N, C, L, 1,
+                    k, k + C, k + 2 * C, k + 2 * C)
+    elif code == S_F64:
+        elementwise(OP_AFFINE, <const double *>x, <const double *>NULL, <double *>y, N, C, L,
+                    1, k, k + C, k + 2 * C, k + 2 * C)
+    elif code == S_BF16:
+        elementwise(OP_AFFINE, <const fn_bf16 *>x, <const fn_bf16 *>NULL, <fn_bf16 *>y, N, C,
+                    L, 1, k, k + C, k + 2 * C, k + 2 * C)
+    else:
+        elementwise(OP_AFFINE, <const fn_f16 *>x, <const fn_f16 *>NULL, <fn_f16 *>y, N, C, L,
+                    1, k, k + C, k + 2 * C, k + 2 * C)
+    return 0
+
+
+def batch_call(x, out, running_mean, running_var, weight, bias, eps, layer_dtype,
+               int min_ndim, int max_ndim, Py_ssize_t channels):
+    """Eval-mode batch norm of the common call, or None.
+
+    out = (x - running_mean) / sqrt(running_var + eps) * weight + bias, with
+    the coefficients of eval_coefficients, so the same bits as the general
+    path (_batch_norm.py).  x (N, C, *) of min_ndim to max_ndim dims, N * L
+    > 0; running_mean, running_var (C,) (both required); weight, bias (C,)
+    or None; layer_dtype: the layer's dtype, None for a function;
+    channels: the layer's C (-1: any).  None
+    also when a variance is not positive or a mean or weight not finite (the
+    general path's warnings and rules).  Returns (y, (x, mean, invstd,
+    inplace)): mean, invstd (C,) float64, what a backward call needs."""
+    cdef int xcode, pcode, inplace, nd, d
+    cdef cnp.ndarray xa
+    cdef cnp.npy_intp N, C, L = 1
+    cdef double e
+    cdef double kbuf[3 * SMALL_K]
+    cdef double *k = kbuf
+    cdef int ok
+    if not g_fast:
+        return None
+    xcode = array_code(x, False)
+    if xcode == S_NONE or not data_fits_layer(xcode, layer_code(layer_dtype)):
+        return None
+    xa = <cnp.ndarray>x
+    nd = cnp.PyArray_NDIM(xa)
+    if nd < min_ndim or nd > max_ndim or nd < 2:
+        return None
+    N = cnp.PyArray_DIMS(xa)[0]
+    C = cnp.PyArray_DIMS(xa)[1]
+    for d in range(2, nd):
+        L *= cnp.PyArray_DIMS(xa)[d]
+    if (N * L == 0 or C == 0 or (channels >= 0 and C != channels)
+            or running_mean is None or running_var is None):
+        return None
+    if not eps_ok(eps, &e):
+        return None
+    pcode = params_code(xcode, param_code(running_mean, xa, -1),
+                        param_code(running_var, xa, -1), param_code(weight, xa, -1),
+                        param_code(bias, xa, -1))
+    if pcode == S_NONE:
+        return None
+    y = output_for(out, xa, xcode, &inplace)
+    if y is None:
+        return None
+    mean = cnp.PyArray_EMPTY(1, &C, cnp.NPY_DOUBLE, 0)
+    invstd = cnp.PyArray_EMPTY(1, &C, cnp.NPY_DOUBLE, 0)
+    if C > SMALL_K:
+        k = <double *>malloc(3 * C * sizeof(double))
+        if k == NULL:
+            raise MemoryError()
+    try:
+        ok = coefficients(pcode, cnp.PyArray_DATA(<cnp.ndarray>running_mean),
+                          cnp.PyArray_DATA(<cnp.ndarray>running_var), data_or_null(weight),
+                          data_or_null(bias), e, C,
+                          <double *>cnp.PyArray_DATA(<cnp.ndarray>mean),
+                          <double *>cnp.PyArray_DATA(<cnp.ndarray>invstd), k)
+        if not ok:
+            return None     # nothing written to y (a new array, or out untouched)
+        affine_call(xcode, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(<cnp.ndarray>y), N, C,
+                    L, k)
+    finally:
+        if k != kbuf:
+            free(k)
+    return y, (x, mean, invstd, bool(inplace))

@@ -1,0 +1,211 @@
+"""The per-call fast paths (fastnorm/_kernels_fast.pxi) against the general
+path, bit for bit, for every catalogue layer, mode and storage dtype; the
+calls they must take and the calls they must leave to the general path."""
+import numpy as np
+import pytest
+
+import fastnorm
+import fastnorm.functional as F
+from fastnorm import _catalogue as cat
+
+import reference as ref
+from util import fast_paths_off, general_path, took_fast_path
+
+DTYPES = cat.storage_dtypes()
+
+# (layer, mode) whose common call (a C-contiguous ndarray, parameters as
+# built) must take a fast path
+FAST = {("BatchNorm1d", "eval"), ("BatchNorm2d", "eval"), ("BatchNorm3d", "eval"),
+        ("SyncBatchNorm", "eval"), ("LayerNorm", "train"), ("RMSNorm", "train")}
+
+# every entry's small shapes, and the tiny calls of inference
+SHAPES = {e.name: e.shapes + tuple(s for s in [(1, 16, 8, 8), (1, 768), (1, 1, 4096),
+                                               (1, 16), (2, 3, 96)]
+                                   if len(s) in e.ranks)
+          for e in cat.CATALOGUE}
+CASES = [(e, s, dt, m) for e in cat.CATALOGUE for s in SHAPES[e.name] for dt in DTYPES
+         for m in e.modes]
+
+
+def _pair(entry, shape, dtype, mode, layer_dtype=None):
+    """Two layers with the same state, in `mode`."""
+    ldt = dtype if layer_dtype is None else layer_dtype
+    a = entry.layer(shape, ldt, np.random.default_rng(1))
+    b = entry.layer(shape, ldt, np.random.default_rng(1))
+    for layer in (a, b):
+        layer.train(mode == "train")
+    return a, b
+
+
+def _state(layer):
+    return {k: np.array(v, copy=True) for k, v in layer.state_dict().items()}
+
+
+def _check(entry, shape, dtype, mode, layer_dtype=None):
+    a, b = _pair(entry, shape, dtype, mode, layer_dtype)
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=shape) * 2 + 0.5).astype(dtype)
+    g = rng.normal(size=shape).astype(dtype)
+    try:
+        want = general_path(b, x)
+    except (ValueError, TypeError) as e:    # e.g. BatchNorm training on one value
+        with pytest.raises(type(e)) as got:
+            a(x)
+        assert str(got.value) == str(e)
+        return None
+    y = a(x)
+    assert took_fast_path(a) == ((entry.name, mode) in FAST)
+    assert not took_fast_path(b)
+    assert y.dtype == want.dtype and y.tobytes() == want.tobytes()
+    for k, v in _state(a).items():
+        assert v.tobytes() == _state(b)[k].tobytes(), k
+    dx = a.backward(g)
+    assert dx.tobytes() == b.backward(g).tobytes()
+    for k in entry.params:
+        ga, gb = getattr(a, k + "_grad", None), getattr(b, k + "_grad", None)
+        assert (ga is None) == (gb is None), k
+        if ga is not None:
+            assert ga.dtype == gb.dtype and ga.tobytes() == gb.tobytes(), k
+    return a, b, x, y
+
+
+@pytest.mark.parametrize("entry,shape,dtype,mode", CASES,
+                         ids=[cat.case_id(e, s, dt) + f"-{m}" for e, s, dt, m in CASES])
+def test_fast_path_is_bitwise_the_general_path(entry, shape, dtype, mode):
+    res = _check(entry, shape, dtype, mode)
+    if res is None:
+        return
+    a, b, x, y = res
+    if entry.name == "LocalResponseNorm":
+        return          # out= must not overlap its input: tests/test_lrn.py
+    # out= a separate array, and out=x (in place)
+    out = np.full(shape, np.nan).astype(dtype)
+    assert a(x, out=out) is out
+    assert out.tobytes() == y.tobytes()
+    xc = x.copy()
+    yc = a(xc, out=xc)
+    assert yc is xc and xc.tobytes() == y.tobytes()
+    if entry.name in ("SwitchableNorm1d", "SwitchableNorm2d", "SwitchableNorm3d"):
+        return
+    with pytest.raises(RuntimeError, match="wrote its output over its input"):
+        a.backward(np.zeros(shape, dtype))
+
+
+MIXED = [(e, s, dt, m) for e, s, dt, m in CASES if dt.itemsize == 2]
+
+
+@pytest.mark.parametrize("entry,shape,dtype,mode", MIXED,
+                         ids=[cat.case_id(e, s, dt) + f"-{m}" for e, s, dt, m in MIXED])
+def test_fast_path_mixed_type(entry, shape, dtype, mode):
+    """16-bit data into a float32 layer (float32 parameters)."""
+    _check(entry, shape, dtype, mode, layer_dtype=np.float32)
+
+
+FUNCS = [(e, s, dt) for e in cat.CATALOGUE if e.functional and e.name != "SyncBatchNorm"
+         for s in SHAPES[e.name] if len(s) in e.ranks for dt in DTYPES]
+
+
+@pytest.mark.parametrize("entry,shape,dtype", FUNCS,
+                         ids=[cat.case_id(e, s, dt) for e, s, dt in FUNCS])
+@pytest.mark.parametrize("training", [False, True])
+def test_functional_fast_path_is_bitwise_the_general_path(entry, shape, dtype, training):
+    layer = entry.layer(shape, dtype, np.random.default_rng(1))
+    x = np.random.default_rng(2).normal(size=shape).astype(dtype)
+    if not training and entry.name.startswith("Instance"):
+        layer.running_var[...] = np.abs(layer.running_var)
+    try:
+        want = general_path(entry.functional_call, layer, x, training=training)
+    except ValueError as e:     # e.g. batch statistics of one value
+        with pytest.raises(ValueError) as got:
+            entry.functional_call(layer, x, training=training)
+        assert str(got.value) == str(e)
+        return
+    assert entry.functional_call(layer, x, training=training).tobytes() == want.tobytes()
+
+
+# -- calls the fast paths leave to the general path ---------------------------
+
+def test_rows_fast_path_leaves_odd_calls_to_the_general_path():
+    rng = np.random.default_rng(0)
+    ln = fastnorm.LayerNorm(6)
+    ln.weight[...] = rng.uniform(0.5, 2, 6)
+    ln.bias[...] = rng.normal(size=6)
+    x = rng.normal(size=(3, 4, 6)).astype(np.float32)
+    want = general_path(ln, x)
+    for odd in (np.asfortranarray(x), x.astype(">f4"),
+                x.transpose(1, 0, 2).copy().transpose(1, 0, 2)):
+        assert ln(odd).tobytes() == want.tobytes()
+        assert not took_fast_path(ln)
+    xr = x.copy()
+    xr.flags.writeable = False
+    assert ln(xr).tobytes() == want.tobytes() and took_fast_path(ln)
+    # eps as an int: general path, same bits as the float
+    ln.eps = 1
+    assert ln(x).tobytes() == general_path(ln, x).tobytes() and not took_fast_path(ln)
+    ln.eps = 1e-5
+    # errors keep the general path's messages, and nothing is written
+    with pytest.raises(ValueError, match=r"trailing dimensions \(6,\)"):
+        ln(np.zeros((3, 5), np.float32))
+    with pytest.raises(TypeError, match="input has dtype float64"):
+        ln(x.astype(np.float64))
+    with pytest.raises(ValueError, match="eps must be positive"):
+        ln.eps = -1.0
+        ln(x)
+    ln.eps = 1e-5
+    w = ln.weight
+    ln.weight = w.astype(np.float64)
+    with pytest.raises(TypeError, match="weight has dtype float64"):
+        ln(x)
+    ln.weight = w[:5].copy()
+    with pytest.raises(ValueError, match=r"expected weight of shape \(6,\)"):
+        ln(x)
+    ln.weight = w
+    buf = np.zeros(x.size + 1, np.float32)
+    xv, ov = buf[1:].reshape(x.shape), buf[:-1].reshape(x.shape)
+    before = buf.copy()
+    with pytest.raises(ValueError, match="out overlaps the input"):
+        ln(xv, out=ov)
+    assert buf.tobytes() == before.tobytes()
+    ro = np.zeros(x.shape, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only"):
+        ln(x, out=ro)
+    with pytest.raises(TypeError, match="out has dtype float64"):
+        ln(x, out=np.zeros(x.shape))
+    # an empty batch: the general path's empty result
+    assert ln(np.zeros((0, 6), np.float32)).shape == (0, 6)
+    assert not took_fast_path(ln)
+
+
+def test_rms_fast_path_eps_none_is_the_dtype_epsilon():
+    rng = np.random.default_rng(0)
+    for dt in DTYPES:
+        x = rng.normal(size=(2, 5)).astype(dt) * 1e-3
+        a, b = fastnorm.RMSNorm(5, dtype=dt), fastnorm.RMSNorm(5, dtype=dt)
+        y = a(x)
+        assert took_fast_path(a)
+        assert y.tobytes() == general_path(b, x).tobytes()
+        assert a._saved[2].tobytes() == b._saved.invstd.tobytes()
+
+
+def test_bfloat16_takes_the_fast_path_once_known():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    ln = fastnorm.LayerNorm(8)
+    x = np.ones((2, 8), ml_dtypes.bfloat16)
+    ln(x)
+    ln(x)
+    assert took_fast_path(ln)
+
+
+@pytest.mark.parametrize("D", [8, 600_000])
+def test_layer_norm_bias_without_weight(D):
+    """functional.layer_norm with a bias and no weight adds the bias (one-pass
+    and two-pass rows alike)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, D)).astype(np.float32)
+    b = rng.normal(size=D).astype(np.float32)
+    y = F.layer_norm(x, (D,), None, b)
+    e = ref.layer_norm(x, (D,), None, b, 1e-5)
+    np.testing.assert_allclose(y, e, rtol=1e-5, atol=1e-5)
+    with fast_paths_off():
+        assert F.layer_norm(x, (D,), None, b).tobytes() == y.tobytes()
