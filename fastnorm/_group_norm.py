@@ -78,9 +78,21 @@ def normalise(x3, y3, groups, mean, invstd, weight, bias):
                           center, scale, shift)
 
 
+def saved_groups(saved):
+    """The SavedGroups of a forward call: `saved` itself, or made from the
+    tuple (x, mean, invstd, inplace, groups) of the per-call fast path
+    (_kernels.groups_call)."""
+    if type(saved) is not tuple:
+        return saved
+    x, mean, invstd, inplace, groups = saved
+    return SavedGroups(ck.as_ncl(x), x.shape, groups, mean, invstd, inplace)
+
+
 def backward(where, grad_output, saved, weight, need_weight, need_bias):
     """(grad_input, grad_weight, grad_bias) of a group/instance normalisation
-    whose statistics came from its input."""
+    whose statistics came from its input (a SavedGroups, or the fast path's
+    tuple: saved_groups)."""
+    saved = saved_groups(saved)
     x3 = saved.x3
     dt = x3.dtype
     ck.input_kept(saved.overwritten, where)

@@ -357,6 +357,99 @@ def rows_call(x, out, normalized_shape, weight, bias, eps, bint rms, layer_dtype
 
 
 # --------------------------------------------------------------------------
+# GroupNorm and InstanceNorm (statistics of the input)
+# --------------------------------------------------------------------------
+
+cdef void groups_dispatch(int code, const void *x, void *y, int64_t R, int64_t D,
+                          int64_t G, int64_t K, double eps, const void *w, const void *b,
+                          double *mean, double *var, double *invstd) noexcept nogil:
+    if code == S_F32:
+        groups_run(<const float *>x, <float *>y, R, D, G, K, eps, w, b, mean, var, invstd)
+    elif code == S_F64:
+        groups_run(<const double *>x, <double *>y, R, D, G, K, eps, w, b, mean, var,
+                   invstd)
+    elif code == S_BF16:
+        groups_run(<const fn_bf16 *>x, <fn_bf16 *>y, R, D, G, K, eps, w, b, mean, var,
+                   invstd)
+    else:
+        groups_run(<const fn_f16 *>x, <fn_f16 *>y, R, D, G, K, eps, w, b, mean, var,
+                   invstd)
+
+
+def groups_call(x, out, groups, weight, bias, eps, layer_dtype, int min_ndim,
+                int max_ndim, Py_ssize_t channels, running_mean, running_var):
+    """GroupNorm, or InstanceNorm with the input's statistics and no update
+    of running statistics, of the common call; or None.
+
+    x (N, C, *) of min_ndim to max_ndim dims, non-empty; groups: a
+    positive int dividing C, or 0 for InstanceNorm (C groups, more than one
+    spatial element); weight, bias (C,) or None; running_mean, running_var:
+    None, or (C,) arrays that are checked as the general path checks them
+    (an InstanceNorm layer tracking statistics in eval mode normalises
+    with them: batch_call) but not read; channels: the layer's C (-1: any).
+    Slices of at most FUSE_BYTES only.  Returns (y, (x, mean, invstd,
+    inplace, G)): mean, invstd (N * G,) float64."""
+    cdef int xcode, pcode, inplace, nd, d
+    cdef cnp.ndarray xa
+    cdef cnp.npy_intp N, C, L = 1, G, R, D
+    cdef double e
+    cdef const void *wk
+    cdef const void *bk
+    cdef float *owned = NULL
+    cdef double vbuf[64]
+    cdef double *var = vbuf
+    if not g_fast:
+        return None
+    xcode = array_code(x, False)
+    if xcode == S_NONE or not data_fits_layer(xcode, layer_code(layer_dtype)):
+        return None
+    xa = <cnp.ndarray>x
+    nd = cnp.PyArray_NDIM(xa)
+    if nd < min_ndim or nd > max_ndim or nd < 2:
+        return None
+    N = cnp.PyArray_DIMS(xa)[0]
+    C = cnp.PyArray_DIMS(xa)[1]
+    for d in range(2, nd):
+        L *= cnp.PyArray_DIMS(xa)[d]
+    if N * C * L == 0 or (channels >= 0 and C != channels) or not PyLong_CheckExact(groups):
+        return None
+    G = PyLong_AsSsize_t(groups)
+    if G == 0:
+        if L < 2:
+            return None         # instance statistics of one value: the general path's error
+        G = C
+    if G < 1 or C % G:
+        return None
+    R = N * G
+    D = (C // G) * L
+    if D * cnp.PyArray_ITEMSIZE(xa) > FUSE_BYTES or not eps_ok(eps, &e):
+        return None
+    pcode = params_code(xcode, param_code(weight, xa, -1), param_code(bias, xa, -1),
+                        param_code(running_mean, xa, -1), param_code(running_var, xa, -1))
+    if pcode == S_NONE:
+        return None
+    y = output_for(out, xa, xcode, &inplace)
+    if y is None:
+        return None
+    mean = cnp.PyArray_EMPTY(1, &R, cnp.NPY_DOUBLE, 0)
+    invstd = cnp.PyArray_EMPTY(1, &R, cnp.NPY_DOUBLE, 0)
+    compute_params(pcode, data_or_null(weight), data_or_null(bias), C, &wk, &bk, &owned)
+    if R > 64:
+        var = <double *>malloc(R * sizeof(double))
+        if var == NULL:
+            free(owned)
+            raise MemoryError()
+    with nogil:
+        groups_dispatch(xcode, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(<cnp.ndarray>y), R, D,
+                        G, C // G, e, wk, bk, <double *>cnp.PyArray_DATA(<cnp.ndarray>mean),
+                        var, <double *>cnp.PyArray_DATA(<cnp.ndarray>invstd))
+    if var != vbuf:
+        free(var)
+    free(owned)
+    return y, (x, mean, invstd, bool(inplace), G)
+
+
+# --------------------------------------------------------------------------
 # BatchNorm in eval mode (and the functionals with running statistics)
 # --------------------------------------------------------------------------
 

@@ -496,6 +496,39 @@ cdef inline void group_normalise(const storage *x, storage *y, int64_t D,
         fn_stream_fence()
 
 
+cdef inline void group_forward(const storage *px, storage *po, int64_t D, int64_t r,
+                               int64_t G, int64_t K, double eps, const void *w,
+                               const void *b, double *mean, double *var, double *invstd,
+                               bint stream) noexcept nogil:
+    """Statistics and normalisation of slice r (groups_run's work item)."""
+    cdef Moments mo = slice_statistics(px, D, eps, False)
+    mean[0] = mo.mean
+    var[0] = mo.var
+    invstd[0] = mo.invstd
+    group_normalise(px, po, D, r, G, K, mo.mean, mo.invstd, w, b, stream)
+
+
+cdef void groups_run(const storage *px, storage *po, int64_t R, int64_t D, int64_t G,
+                     int64_t K, double eps, const void *w, const void *b, double *mean,
+                     double *var, double *invstd) noexcept nogil:
+    """groups_forward on raw pointers (also the per-call fast path's kernel,
+    _kernels_fast.pxi): R * D > 0, w and b compute-type values or NULL."""
+    cdef int64_t r
+    cdef int nt = threads_for(R * D, R)
+    cdef bint stream = streams(po, px, R * D * sizeof(storage))
+    if nt == 1:
+        # small call: no parallel region to enter
+        note_threads(1)
+        for r in range(R):
+            group_forward(px + r * D, po + r * D, D, r, G, K, eps, w, b, mean + r,
+                          var + r, invstd + r, stream)
+    else:
+        for r in prange(R, num_threads=nt, schedule='static'):
+            note_threads(nt)
+            group_forward(px + r * D, po + r * D, D, r, G, K, eps, w, b, mean + r,
+                          var + r, invstd + r, stream)
+
+
 def groups_forward(const storage[:, ::1] x, storage[:, ::1] out, int64_t G,
                    int64_t K, double eps, const unsigned char[::1] weight,
                    const unsigned char[::1] bias, double[::1] mean, double[::1] var,
@@ -506,23 +539,13 @@ def groups_forward(const storage[:, ::1] x, storage[:, ::1] out, int64_t G,
     IN x (R, D), R * D > 0, R a multiple of G; OUT out (R, D), may be x;
     IN weight, bias (G * K,) or None.  OUT mean, var, invstd (R,).
     """
-    cdef int64_t R = x.shape[0], D = x.shape[1], r
-    cdef int nt = threads_for(R * D, R)
+    cdef int64_t R = x.shape[0], D = x.shape[1]
     cdef const storage *px = &x[0, 0]
     cdef storage *po = &out[0, 0]
     cdef const void *w = param_ptr(weight, G * K, fn_csize(px))
     cdef const void *b = param_ptr(bias, G * K, fn_csize(px))
-    cdef Moments mo
-    cdef bint stream = streams(po, px, R * D * sizeof(storage))
     with nogil:
-        for r in prange(R, num_threads=nt, schedule='static'):
-            note_threads(nt)
-            mo = slice_statistics(px + r * D, D, eps, False)
-            mean[r] = mo.mean
-            var[r] = mo.var
-            invstd[r] = mo.invstd
-            group_normalise(px + r * D, po + r * D, D, r, G, K, mo.mean, mo.invstd, w,
-                            b, stream)
+        groups_run(px, po, R, D, G, K, eps, w, b, &mean[0], &var[0], &invstd[0])
 
 
 cdef inline void group_backward(const storage *x, const storage *dy, storage *dx,

@@ -318,6 +318,23 @@ class _InstanceNorm(_NormBase):
                          bias, dtype)
 
     def _forward(self, x, out):
+        if not (self.training and self.track_running_stats):
+            # the common call (batched, no running statistics to update) in
+            # one kernel call, or None: _kernels_fast.pxi says what it takes
+            nd, C = self._ndims[-1], self.num_features
+            if self.training or not self.track_running_stats:
+                r = _kernels.groups_call(x, out, 0, self.weight, self.bias, self.eps,
+                                         self.dtype, nd, nd, C, self.running_mean,
+                                         self.running_var)
+            else:
+                r = _kernels.batch_call(x, out, self.running_mean, self.running_var,
+                                        self.weight, self.bias, self.eps, self.dtype, nd,
+                                        nd, C)
+            if r is not None:
+                y, saved = r
+                self._saved = (saved, False)
+                self._saved_training = self.training
+                return y
         where = type(self).__name__
         x = self._check_input(x, where)
         unbatched = x.ndim == self._unbatched_ndim
@@ -354,6 +371,8 @@ class _InstanceNorm(_NormBase):
         if unbatched:  # the forward added the batch dim: check against the caller's shape
             g = ck.grad_output(grad_output, saved.shape[1:], saved.x3.dtype, where)[None]
         need_w, need_b = self.weight is not None, self.bias is not None
+        if type(saved) is tuple:        # a fast path's: groups_call or batch_call
+            saved = _gn.saved_groups(saved) if len(saved) == 5 else _bn.saved_eval(saved)
         if isinstance(saved, _gn.SavedGroups):
             dx, gw, gb = _gn.backward(where, g, saved, self.weight, need_w, need_b)
         else:
@@ -408,6 +427,12 @@ class GroupNorm(_Affine):
 
     def forward(self, x, out=None):
         """Normalise x (same in training and eval); `out` may be x itself."""
+        # the common call in one kernel call, or None: _kernels_fast.pxi
+        r = _kernels.groups_call(x, out, self.num_groups, self.weight, self.bias, self.eps,
+                                 self.dtype, 2, 63, self.num_channels, None, None)
+        if r is not None:
+            y, self._saved = r
+            return y
         where = type(self).__name__
         x = ck.check_rank(x, where, range(2, 64), layout="(N, C, *)")
         self._check_dtype(x, where)

@@ -13,11 +13,24 @@ from . import _layer_norm as _ln
 from . import _lrn
 from . import _switchable as _sn
 from ._moments import Moments, merge_moments, moments, reduce_moments
+from ._native import kernels as _kernels
 
 __all__ = ["moments", "merge_moments", "reduce_moments", "Moments", "batch_norm", "batch_norm_backward", "instance_norm", "instance_norm_backward",
            "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward",
            "rms_norm", "rms_norm_backward", "local_response_norm",
            "local_response_norm_backward", "switchable_norm", "switchable_norm_backward"]
+
+
+def _shape_tuple(normalized_shape):
+    """normalized_shape as the fast path takes it: an int or a list as a
+    tuple (anything else as it is: the fast path declines what is not a
+    tuple of positive ints, and the general path explains)."""
+    t = type(normalized_shape)
+    if t is int:
+        return (normalized_shape,)
+    if t is list:
+        return tuple(normalized_shape)
+    return normalized_shape
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None,
@@ -32,6 +45,12 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None,
     momentum must be a number in [0, 1] here (the layers implement
     momentum=None).  ``out`` receives the result and may be ``input`` itself.
     """
+    if not training and type(momentum) is float and 0.0 <= momentum <= 1.0:
+        # the common eval call in one kernel call, or None: _kernels_fast.pxi
+        r = _kernels.batch_call(input, out, running_mean, running_var, weight, bias, eps,
+                                None, 2, 63, -1)
+        if r is not None:
+            return r[0]
     where = "batch_norm"
     x = ck.check_rank(input, where, range(2, 64), layout="(N, C, *)")
     if not training and (running_mean is None or running_var is None):
@@ -86,6 +105,18 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     running_var in place when those are given.  use_input_stats=False: the
     running statistics normalise, as in eval-mode batch norm.
     """
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:
+        # the common call in one kernel call, or None: _kernels_fast.pxi
+        if not use_input_stats:
+            r = _kernels.batch_call(input, out, running_mean, running_var, weight, bias, eps,
+                                    None, 3, 63, -1)
+        elif running_mean is None and running_var is None:
+            r = _kernels.groups_call(input, out, 0, weight, bias, eps, None, 3, 63, -1,
+                                     None, None)
+        else:
+            r = None
+        if r is not None:
+            return r[0]
     where = "instance_norm"
     x = ck.check_rank(input, where, range(3, 64), layout="(N, C, *spatial)")
     if use_input_stats:
@@ -121,6 +152,11 @@ def instance_norm_backward(grad_output, input, running_mean=None, running_var=No
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, out=None):
     """Group normalisation of input (N, C, *), as torch.nn.functional.group_norm:
     statistics per (sample, group of C / num_groups channels), affine per channel."""
+    # the common call in one kernel call, or None: _kernels_fast.pxi
+    r = _kernels.groups_call(input, out, num_groups, weight, bias, eps, None, 2, 63, -1,
+                             None, None)
+    if r is not None:
+        return r[0]
     where = "group_norm"
     x = ck.check_rank(input, where, range(2, 64), layout="(N, C, *)")
     groups = ck.positive_int(num_groups, "num_groups", where)
@@ -142,6 +178,11 @@ def group_norm_backward(grad_output, input, num_groups, weight=None, bias=None, 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None):
     """Layer normalisation over the trailing normalized_shape dims of input, as
     torch.nn.functional.layer_norm; weight and bias have shape normalized_shape."""
+    # the common call in one kernel call, or None: _kernels_fast.pxi
+    r = _kernels.rows_call(input, out, _shape_tuple(normalized_shape), weight, bias, eps,
+                           False, None)
+    if r is not None:
+        return r[0]
     where = "layer_norm"
     nshape = _ln.normalized_shape_value(normalized_shape, where)
     x = _ln.check_rows(where, input, nshape)
@@ -166,6 +207,10 @@ def layer_norm_backward(grad_output, input, normalized_shape, weight=None, bias=
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, out=None):
     """Root-mean-square normalisation over the trailing normalized_shape dims, as
     torch.nn.functional.rms_norm (eps=None: the dtype's machine epsilon)."""
+    r = _kernels.rows_call(input, out, _shape_tuple(normalized_shape), weight, None, eps,
+                           True, None)
+    if r is not None:
+        return r[0]
     where = "rms_norm"
     nshape = _ln.normalized_shape_value(normalized_shape, where)
     x = _ln.check_rows(where, input, nshape)

@@ -13,10 +13,14 @@ from util import fast_paths_off, general_path, took_fast_path
 
 DTYPES = cat.storage_dtypes()
 
-# (layer, mode) whose common call (a C-contiguous ndarray, parameters as
-# built) must take a fast path
+# (layer, mode) whose common call (a C-contiguous batched ndarray,
+# parameters as built) must take a fast path; the catalogue's InstanceNorm
+# tracks running statistics, so its training calls update them (general
+# path) and its eval calls normalise with them (batch_call)
 FAST = {("BatchNorm1d", "eval"), ("BatchNorm2d", "eval"), ("BatchNorm3d", "eval"),
-        ("SyncBatchNorm", "eval"), ("LayerNorm", "train"), ("RMSNorm", "train")}
+        ("SyncBatchNorm", "eval"), ("LayerNorm", "train"), ("RMSNorm", "train"),
+        ("GroupNorm", "train"), ("InstanceNorm1d", "eval"), ("InstanceNorm2d", "eval"),
+        ("InstanceNorm3d", "eval")}
 
 # every entry's small shapes, and the tiny calls of inference
 SHAPES = {e.name: e.shapes + tuple(s for s in [(1, 16, 8, 8), (1, 768), (1, 1, 4096),
@@ -54,7 +58,7 @@ def _check(entry, shape, dtype, mode, layer_dtype=None):
         assert str(got.value) == str(e)
         return None
     y = a(x)
-    assert took_fast_path(a) == ((entry.name, mode) in FAST)
+    assert took_fast_path(a) == ((entry.name, mode) in FAST and len(shape) in entry.ranks)
     assert not took_fast_path(b)
     assert y.dtype == want.dtype and y.tobytes() == want.tobytes()
     for k, v in _state(a).items():
@@ -209,3 +213,25 @@ def test_layer_norm_bias_without_weight(D):
     np.testing.assert_allclose(y, e, rtol=1e-5, atol=1e-5)
     with fast_paths_off():
         assert F.layer_norm(x, (D,), None, b).tobytes() == y.tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [False, True])
+def test_instance_norm_without_running_stats(dtype, training):
+    """PyTorch's default InstanceNorm (no running statistics) normalises with
+    the input's statistics in both modes: groups_call, as GroupNorm."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 5, 4)).astype(dtype)
+    g = rng.normal(size=x.shape).astype(dtype)
+    a, b = fastnorm.InstanceNorm2d(6, dtype=dtype), fastnorm.InstanceNorm2d(6, dtype=dtype)
+    a.train(training)
+    b.train(training)
+    y = a(x)
+    assert took_fast_path(a)
+    assert y.tobytes() == general_path(b, x).tobytes()
+    assert a.backward(g).tobytes() == b.backward(g).tobytes()
+    f = F.instance_norm(x)
+    assert f.tobytes() == y.tobytes()
+    assert general_path(F.instance_norm, x).tobytes() == y.tobytes()
+    # unbatched input: the general path, the same values
+    assert a(x[0]).tobytes() == y[0].tobytes() and not took_fast_path(a)

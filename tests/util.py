@@ -42,6 +42,8 @@ def took_fast_path(layer):
     """Whether the layer's last forward was a fast-path call: it saved the
     fast path's tuple, which backward turns into the family's record."""
     saved = layer._saved
+    if type(saved) is tuple and len(saved) == 2:    # InstanceNorm's (saved, unbatched)
+        saved = saved[0]
     return type(saved) is tuple and len(saved) in (4, 5) and isinstance(saved[1], np.ndarray)
 
 
