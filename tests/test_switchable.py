@@ -222,3 +222,20 @@ def test_softmax_exp_is_accurate_and_portable():
     special = exp(np.array([0.0, -0.0, np.inf, -np.inf, np.nan]))
     assert special[0] == special[1] == 1.0 and special[2] == np.inf and special[3] == 0.0
     assert np.isnan(special[4])
+
+
+def test_softmax_exp_scalar_is_bitwise_the_array_exp():
+    """softmax of the few mixing logits runs exp_scalar, Python floats: the
+    same bits as the NumPy version, including ties of the range reduction
+    (k * log2(e) halfway between integers), the clipping and overflow."""
+    from fastnorm._switchable import _INV_LN2, exp, exp_scalar
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-800, 800, 20001), rng.normal(size=5000) * 30,
+                        (np.arange(-40, 41) + 0.5) / _INV_LN2,
+                        [0.0, -0.0, np.inf, -np.inf, np.nan, 709.9, 709.79, -745.2,
+                         -744.44, 5e-324, -5e-324]])
+    with np.errstate(over="ignore"):
+        want = exp(x)
+    got = np.array([exp_scalar(float(v)) for v in x])
+    assert got.tobytes() == want.tobytes()
