@@ -589,3 +589,65 @@ def batch_call(x, out, running_mean, running_var, weight, bias, eps, layer_dtype
         if k != kbuf:
             free(k)
     return y, (x, mean, invstd, bool(inplace))
+
+
+# --------------------------------------------------------------------------
+# LocalResponseNorm
+# --------------------------------------------------------------------------
+
+cdef int lrn_dispatch(int code, const void *x, void *y, int64_t N, int64_t C, int64_t L,
+                      int64_t size, double alpha, double beta, double k) except -1:
+    if code == S_F32:
+        lrn(<const float *>x, <const float *>NULL, <float *>y, N, C, L, size, alpha, beta, k)
+    elif code == S_F64:
+        lrn(<const double *>x, <const double *>NULL, <double *>y, N, C, L, size, alpha,
+            beta, k)
+    elif code == S_BF16:
+        lrn(<const fn_bf16 *>x, <const fn_bf16 *>NULL, <fn_bf16 *>y, N, C, L, size, alpha,
+            beta, k)
+    else:
+        lrn(<const fn_f16 *>x, <const fn_f16 *>NULL, <fn_f16 *>y, N, C, L, size, alpha,
+            beta, k)
+    return 0
+
+
+cdef inline int finite_float(object v, double *value) noexcept:
+    if not PyFloat_CheckExact(v):
+        return 0
+    value[0] = PyFloat_AS_DOUBLE(v)
+    return isfinite(value[0])
+
+
+def lrn_call(x, out, size, alpha, beta, k):
+    """LocalResponseNorm forward of the common call, or None: x (N, C, *) of
+    3 to 64 dims, non-empty; size a positive int; alpha, beta, k finite
+    floats; out None or an array apart from x (no overlap at all: each
+    output reads neighbouring channels).  Returns y."""
+    cdef int xcode, inplace, nd, d
+    cdef cnp.ndarray xa
+    cdef cnp.npy_intp N, C, L = 1
+    cdef Py_ssize_t sz
+    cdef double a, b, kk
+    if not g_fast:
+        return None
+    xcode = array_code(x, False)
+    if xcode == S_NONE:
+        return None
+    xa = <cnp.ndarray>x
+    nd = cnp.PyArray_NDIM(xa)
+    if nd < 3 or nd > 64 or not PyLong_CheckExact(size):
+        return None
+    N = cnp.PyArray_DIMS(xa)[0]
+    C = cnp.PyArray_DIMS(xa)[1]
+    for d in range(2, nd):
+        L *= cnp.PyArray_DIMS(xa)[d]
+    sz = PyLong_AsSsize_t(size)
+    if (N * C * L == 0 or sz < 1 or not finite_float(alpha, &a) or not finite_float(beta, &b)
+            or not finite_float(k, &kk)):
+        return None
+    y = output_for(out, xa, xcode, &inplace)
+    if y is None or inplace:
+        return None
+    lrn_dispatch(xcode, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(<cnp.ndarray>y), N, C, L, sz,
+                 a, b, kk)
+    return y

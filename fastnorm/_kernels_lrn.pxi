@@ -27,17 +27,47 @@ cdef inline int64_t lrn_strip(int64_t C, int64_t L) noexcept nogil:
     return s
 
 
+cdef inline void lrn_item(const storage *x, const storage *dy, storage *out, int64_t C,
+                          int64_t L, int64_t per, int64_t strip, int64_t i, int64_t size,
+                          double alpha, double beta, double k,
+                          double *scratch) noexcept nogil:
+    """Strip i (sample i // per): forward (dy == NULL) or backward."""
+    cdef int64_t n = i // per
+    cdef int64_t l0 = (i - n * per) * strip
+    cdef int64_t ln = L - l0
+    if ln > strip:
+        ln = strip
+    if dy == NULL:
+        fn_lrn_fwd(x + n * C * L, out + n * C * L, C, L, l0, ln, size, alpha, beta, k,
+                   scratch, scratch + C * strip, scratch + 2 * C * strip)
+    else:
+        fn_lrn_bwd(x + n * C * L, dy + n * C * L, out + n * C * L, C, L, l0, ln, size,
+                   alpha, beta, k, scratch, scratch + C * strip, scratch + 2 * C * strip,
+                   scratch + 3 * C * strip)
+
+
 cdef int lrn(const storage *x, const storage *dy, storage *out, int64_t N,
              int64_t C, int64_t L, int64_t size, double alpha, double beta,
              double k) except -1:
     """Forward (dy == NULL: out = y) or backward (out = dx)."""
     cdef int64_t strip = lrn_strip(C, L)
-    cdef int64_t per = (L + strip - 1) // strip, total = N * per, i, n, l0, ln
+    cdef int64_t per = (L + strip - 1) // strip, total = N * per, i
     cdef int64_t need = 4 * C * strip
     cdef int nt = threads_for((3 if dy != NULL else 2) * N * C * L * 8, total)
     cdef double *scratch = NULL
     cdef int failed = 0
     cdef int *fail = &failed    # shared: see reduction()
+    if nt == 1:
+        # small call: no parallel region to enter
+        scratch = <double *>malloc(need * sizeof(double))
+        if scratch == NULL:
+            raise MemoryError()
+        with nogil:
+            note_threads(1)
+            for i in range(total):
+                lrn_item(x, dy, out, C, L, per, strip, i, size, alpha, beta, k, scratch)
+        free(scratch)
+        return 0
     with nogil:
         with parallel(num_threads=nt):
             scratch = <double *>malloc(need * sizeof(double))
@@ -46,20 +76,8 @@ cdef int lrn(const storage *x, const storage *dy, storage *out, int64_t N,
             note_threads(nt)
             for i in prange(total, schedule='static'):
                 if scratch != NULL:
-                    n = i // per
-                    l0 = (i - n * per) * strip
-                    ln = L - l0
-                    if ln > strip:
-                        ln = strip
-                    if dy == NULL:
-                        fn_lrn_fwd(x + n * C * L, out + n * C * L, C, L, l0, ln, size,
-                                   alpha, beta, k, scratch, scratch + C * strip,
-                                   scratch + 2 * C * strip)
-                    else:
-                        fn_lrn_bwd(x + n * C * L, dy + n * C * L, out + n * C * L, C, L,
-                                   l0, ln, size, alpha, beta, k, scratch,
-                                   scratch + C * strip, scratch + 2 * C * strip,
-                                   scratch + 3 * C * strip)
+                    lrn_item(x, dy, out, C, L, per, strip, i, size, alpha, beta, k,
+                             scratch)
             free(scratch)
     if failed:
         raise MemoryError()

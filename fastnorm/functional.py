@@ -233,6 +233,9 @@ def rms_norm_backward(grad_output, input, normalized_shape, weight=None, eps=Non
 def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0, *, out=None):
     """Local response normalisation across channels of input (N, C, *), as
     torch.nn.functional.local_response_norm; ``out`` must not overlap input."""
+    y = _kernels.lrn_call(input, out, size, alpha, beta, k)    # the common call, or None
+    if y is not None:
+        return y
     where = "local_response_norm"
     args = _lrn.check_args(size, alpha, beta, k, where)
     x = _lrn.check_input(input, where)

@@ -20,7 +20,7 @@ DTYPES = cat.storage_dtypes()
 FAST = {("BatchNorm1d", "eval"), ("BatchNorm2d", "eval"), ("BatchNorm3d", "eval"),
         ("SyncBatchNorm", "eval"), ("LayerNorm", "train"), ("RMSNorm", "train"),
         ("GroupNorm", "train"), ("InstanceNorm1d", "eval"), ("InstanceNorm2d", "eval"),
-        ("InstanceNorm3d", "eval")}
+        ("InstanceNorm3d", "eval"), ("LocalResponseNorm", "train")}
 
 # every entry's small shapes, and the tiny calls of inference
 SHAPES = {e.name: e.shapes + tuple(s for s in [(1, 16, 8, 8), (1, 768), (1, 1, 4096),

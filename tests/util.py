@@ -44,6 +44,8 @@ def took_fast_path(layer):
     saved = layer._saved
     if type(saved) is tuple and len(saved) == 2:    # InstanceNorm's (saved, unbatched)
         saved = saved[0]
+    if type(saved) is tuple and len(saved) == 3:    # LocalResponseNorm's (x, shape, args)
+        return saved[1] is None
     return type(saved) is tuple and len(saved) in (4, 5) and isinstance(saved[1], np.ndarray)
 
 
