@@ -30,6 +30,10 @@ static inline double fn_sum_##SUF(const S *x, int64_t n)                      \
                 a[k] += fn_ldv_##SUF(x + i + j + k * FN_VL);                  \
         fn_flush8(fn_fold32(a), &lo, &hi);                                    \
     }                                                                         \
+    /* the rest (a short run, or the end of a long one): 8 values at a time,  \
+     * widened to float64 exactly and added in float64 lanes, then one by one */\
+    for (; i + 8 <= n; i += 8)                                                \
+        fn_flush8(fn_ld8f_##SUF(x + i), &lo, &hi);                            \
     for (; i < n; i++) t += (double)fn_ld_##SUF(x[i]);                        \
     double total = fn_hsum(lo + hi) + t;                                      \
     if (!__builtin_isfinite(total)) {                                         \
@@ -69,6 +73,16 @@ static inline void fn_dev_##SUF(const S *x, int64_t n, double m_,            \
             }                                                                 \
         fn_flush8(fn_fold32(a), &alo, &ahi);                                  \
         fn_flush8(fn_fold32(b), &blo, &bhi);                                  \
+    }                                                                         \
+    /* the rest (a short run, or the end of a long one): the scalar loop's    \
+     * float64 arithmetic, 8 values at a time in float64 lanes */             \
+    fn_v4d m4 = {m, m, m, m};                                                 \
+    for (; i + 8 <= n; i += 8) {                                              \
+        fn_v4d d0 = fn_ld4d_##SUF(x + i) - m4, d1 = fn_ld4d_##SUF(x + i + 4) - m4;\
+        alo += d0;                                                            \
+        ahi += d1;                                                            \
+        blo += d0 * d0;                                                       \
+        bhi += d1 * d1;                                                       \
     }                                                                         \
     for (; i < n; i++) {                                                      \
         double d = (double)fn_ld_##SUF(x[i]) - (double)m;                     \
@@ -128,6 +142,21 @@ static inline void fn_dot_##SUF(const S *x, const S *dy, int64_t n,          \
         }                                                                     \
         ta += a;                                                              \
         tb += b;                                                              \
+    }                                                                         \
+    /* the rest: the scalar loop's float64 arithmetic, 8 values at a time in  \
+     * float64 lanes, then one by one */                                      \
+    {                                                                         \
+        fn_v4d m4 = {mf, mf, mf, mf};                                         \
+        fn_v4d a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};                        \
+        for (; i + 8 <= n; i += 8) {                                          \
+            fn_v4d g0 = fn_ld4d_##SUF(dy + i), g1 = fn_ld4d_##SUF(dy + i + 4);\
+            a0 += g0;                                                         \
+            a1 += g1;                                                         \
+            b0 += g0 * (fn_ld4d_##SUF(x + i) - m4);                           \
+            b1 += g1 * (fn_ld4d_##SUF(x + i + 4) - m4);                       \
+        }                                                                     \
+        ta += fn_hsum(a0 + a1);                                               \
+        tb += fn_hsum(b0 + b1);                                               \
     }                                                                         \
     for (; i < n; i++) {                                                      \
         double g = (double)fn_ld_##SUF(dy[i]);                                \
