@@ -4,8 +4,9 @@
 # bandwidth, in float32 (bench/latest.txt, raw samples in bench/latest.json)
 # and on bfloat16 and float16 data (bench/latest_bfloat16.txt,
 # bench/latest_float16.txt: the same peers in the same dtype, plus fastnorm's
-# float32 call on the upcast data). Extra arguments go to every
-# fastnorm-bench run.
+# float32 call on the upcast data); then the norm layers of published models
+# end to end (fastnorm-bench --models, bench/latest_models.txt). Extra
+# arguments go to every fastnorm-bench run.
 set -euo pipefail
 cd "$(dirname "$0")"
 fastnorm-bench --threads 1,2 --repeat 21 --json latest.json --plot latest.png "$@" | tee latest.txt
@@ -13,4 +14,6 @@ for dt in bfloat16 float16; do
     fastnorm-bench --threads 1,2 --repeat 21 --dtype "$dt" --json "latest_$dt.json" "$@" \
         | tee "latest_$dt.txt"
 done
+fastnorm-bench --models --threads 1,2 --repeat 11 --json latest_models.json "$@" \
+    | tee latest_models.txt
 python3 update_readme.py

@@ -1,19 +1,21 @@
-"""Copy the tables of bench/latest.txt, latest_bfloat16.txt and
-latest_float16.txt (written by bench/run.sh) into README.md between the
-<!-- bench:start --> / <!-- bench:end --> markers (float32) and
-<!-- bench-bfloat16:start --> ... (16-bit), and the whole outputs into
+"""Copy the tables of bench/latest.txt, latest_bfloat16.txt,
+latest_float16.txt and latest_models.txt (written by bench/run.sh) into
+README.md between the <!-- bench:start --> / <!-- bench:end --> markers
+(float32), <!-- bench-bfloat16:start --> ... (16-bit) and
+<!-- bench-models:start --> ... (fastnorm-bench --models), and the whole outputs into
 bench/README.md.  The quoted figures are thus the CLI's output, never typed
-by hand.  A 16-bit file that is missing leaves its block as it is."""
+by hand.  A file that is missing leaves its block as it is."""
 import pathlib
 import re
 
 here = pathlib.Path(__file__).resolve().parent
 RUNS = (("bench", "latest.txt"), ("bench-bfloat16", "latest_bfloat16.txt"),
-        ("bench-float16", "latest_float16.txt"))
+        ("bench-float16", "latest_float16.txt"), ("bench-models", "latest_models.txt"))
 
 
 def table(out):
-    return out[out.index("case "):out.index("\nms: median")].rstrip()
+    start = re.search(r"^(case|model) ", out, flags=re.M).start()
+    return out[start:out.index("\nms: median")].rstrip()
 
 
 def put(text, marker, body):

@@ -63,6 +63,7 @@ import numpy as np
 import threadpoolctl
 
 import fastnorm
+from fastnorm._bench_models import MODELS
 from fastnorm._catalogue import CATALOGUE
 from fastnorm._dtypes import as_dtype
 from fastnorm._native import kernels as _kernels
@@ -793,7 +794,16 @@ def parse_args(argv):
     p.add_argument("--plot", metavar="FILE.png",
                    help="bar charts of speed-ups and floor fractions (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--models", nargs="?", const="all", metavar="LIST",
+                   help="time the norm layers of published models end to end instead "
+                        f"(eval; known: {', '.join(MODELS)}; no LIST: all) against torch "
+                        "and onnxruntime")
     a = p.parse_args(argv)
+    if a.models is not None:
+        a.models = list(MODELS) if a.models == "all" else _csv(a.models)
+        bad = [m for m in a.models if m not in MODELS]
+        if bad:
+            p.error(f"--models: unknown {', '.join(bad)} (choose from {', '.join(MODELS)})")
     for name, known in (("layers", LAYERS), ("compare", PEERS),
                         ("modes", ALL_MODES)):
         bad = [v for v in (getattr(a, name) or []) if v not in known]
@@ -887,6 +897,10 @@ def run_row(spec, s, mode, nthreads, peers, args, torch):
         return measure(fns, args.repeat, args.min_time), diffs
 
 
+def bandwidth_of(env):
+    return env.get("bandwidth") or {}
+
+
 def main(argv=None):
     import warnings
     # PyTorch: "Mismatch dtype between input and weight ... not fused" for
@@ -912,6 +926,17 @@ def main(argv=None):
               file=out)
 
     dtype = as_dtype(args.dtype)
+    if args.models is not None:
+        from fastnorm import _bench_models
+        records = []
+        _bench_models.run(args.models, args.threads, dtype, args.repeat, args.min_time,
+                          [p for p in peers if p in ("torch", "onnxruntime")], out, records)
+        if args.json:
+            env_json = dict(env, bandwidth={str(k): v for k, v in bandwidth_of(env).items()})
+            with open(args.json, "w") as f:
+                json.dump({"environment": env_json, "models": records}, f, indent=1)
+            print(f"wrote {args.json}", file=out)
+        return 0
     rows = [(spec, shape, mode, t) for spec, shape, modes in args.cases
             for mode in modes for t in args.threads]
     names = [f"{spec.title} {'x'.join(map(str, shape))}" for spec, shape, _, _ in rows]

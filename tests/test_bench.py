@@ -115,3 +115,36 @@ def test_isa_pair_times_both_copies_and_restores_the_choice(capsys):
     assert all(float(r.split()[-1]) > 0 for r in rows)
     assert calls[a] >= 4 and calls[b] >= 4
     assert all(m._kernels is _native.kernels for m in mods)      # the choice is back
+
+
+def test_model_sequences_follow_the_published_configurations():
+    from fastnorm._bench_models import MODELS
+    kinds = {name: [n.kind for n in make()] for name, (_, make) in MODELS.items()}
+    assert kinds["resnet50"] == ["bn"] * 53
+    assert kinds["bert-base"] == ["ln"] * 25 and kinds["vit-b16"] == ["ln"] * 25
+    assert kinds["llama7b-decode"] == ["rms"] * 65
+    assert kinds["convnext-t"] == ["ln"] * 23
+    assert kinds["style-transfer"] == ["in"] * 15
+    sd = kinds["sd15-unet"]      # 22 resnet blocks, 16 transformer blocks, the output norm
+    assert sd.count("gn") == 2 * 22 + 16 + 1 and sd.count("ln") == 3 * 16
+    shapes = [n.shape for n in MODELS["sd15-unet"][1]()]
+    assert (1, 2560, 8, 8) in shapes and (1, 960, 64, 64) in shapes
+    assert MODELS["resnet50-b32"][1]()[0].shape == (32, 64, 112, 112)
+
+
+def test_bench_models_runs_against_its_peers(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    rc = bench.main(["--models", "llama7b-decode,bert-base", "--threads", "1", "--repeat",
+                     "1", "--min-time", "0", "--quiet", "--copy-mib", "0", "--json",
+                     str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "Llama-7B decode step" in text and "BERT-base, seq 128" in text
+    recs = json.loads(out.read_text())["models"]
+    assert [r["model"] for r in recs] == ["llama7b-decode", "bert-base"]
+    for r in recs:
+        assert r["results"]["fastnorm"]["median_s"] > 0
+        for peer, d in r["max_abs_diff_vs_fastnorm"].items():
+            assert d < 1e-3, (r["model"], peer, d)
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "nosuchmodel"])
