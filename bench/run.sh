@@ -5,7 +5,8 @@
 # and on bfloat16 and float16 data (bench/latest_bfloat16.txt,
 # bench/latest_float16.txt: the same peers in the same dtype, plus fastnorm's
 # float32 call on the upcast data); then the norm layers of published models
-# end to end (fastnorm-bench --models, bench/latest_models.txt). Extra
+# end to end (fastnorm-bench --models, bench/latest_models.txt) and the
+# per-call cost of tiny calls (per_call.py, bench/latest_per_call.txt). Extra
 # arguments go to every fastnorm-bench run.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -16,4 +17,5 @@ for dt in bfloat16 float16; do
 done
 fastnorm-bench --models --threads 1,2 --repeat 11 --json latest_models.json "$@" \
     | tee latest_models.txt
+python3 per_call.py | tee latest_per_call.txt
 python3 update_readme.py

@@ -10,12 +10,14 @@ import re
 
 here = pathlib.Path(__file__).resolve().parent
 RUNS = (("bench", "latest.txt"), ("bench-bfloat16", "latest_bfloat16.txt"),
-        ("bench-float16", "latest_float16.txt"), ("bench-models", "latest_models.txt"))
+        ("bench-float16", "latest_float16.txt"), ("bench-models", "latest_models.txt"),
+        ("bench-per-call", "latest_per_call.txt"))
 
 
 def table(out):
     start = re.search(r"^(case|model) ", out, flags=re.M).start()
-    return out[start:out.index("\nms: median")].rstrip()
+    end = re.search(r"\n(ms: median|x add:)", out).start()
+    return out[start:end].rstrip()
 
 
 def put(text, marker, body):

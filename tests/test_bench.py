@@ -148,3 +148,21 @@ def test_bench_models_runs_against_its_peers(tmp_path, capsys):
             assert d < 1e-3, (r["model"], peer, d)
     with pytest.raises(SystemExit):
         bench.main(["--models", "nosuchmodel"])
+
+
+def test_per_call_script_times_every_layer(capsys):
+    pytest.importorskip("torch")
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "per_call.py"
+    if not path.exists():
+        pytest.skip("bench/per_call.py is not beside the tests")
+    spec = importlib.util.spec_from_file_location("per_call", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--repeat", "1", "--min-time", "0"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if " 1x" in ln]
+    names = {ln.split()[0] for ln in rows}
+    assert names == {"BatchNorm2d", "BatchNorm1d", "InstanceNorm2d", "GroupNorm(4)",
+                     "LayerNorm", "RMSNorm", "LocalResponseNorm", "SwitchableNorm2d"}
+    for ln in rows:
+        assert float(ln.split()[2]) > 0 and float(ln.split()[3]) > 0    # np.add, layer
