@@ -77,7 +77,19 @@ def main(argv=None):
     cols = (f"{'case':<28} {'np.add':>7} {'layer':>7} {'x add':>6} {'functional':>10} "
             f"{'x add':>6} {'torch module':>12} {'vs torch':>8} {'torch F':>8} {'vs F':>6}")
     print(cols + "\n" + "-" * len(cols))
+    was = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        rows(dt, rng, a)
+    finally:
+        torch.set_num_threads(was)
+    print("\nx add: fastnorm time / np.add time; vs torch: torch module / fastnorm layer; "
+          "vs F: torch functional / fastnorm functional")
+    return 0
+
+
+def rows(dt, rng, a):
+    import torch
     with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
         for name, x, layer, func, tmod, tfunc in cases(dt, rng):
             tx = _to_torch(x)
@@ -107,9 +119,6 @@ def main(argv=None):
                   f"{col('tmod', 12)} {ratio(r['tmod'] / r['layer'] if 'tmod' in r else None, 8)} "
                   f"{col('tfunc', 8)} "
                   f"{ratio(r['tfunc'] / r['func'] if 'tfunc' in r else None, 6)}")
-    print("\nx add: fastnorm time / np.add time; vs torch: torch module / fastnorm layer; "
-          "vs F: torch functional / fastnorm functional")
-    return 0
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ cdef int lrn(const storage *x, const storage *dy, storage *out, int64_t N,
     cdef double *scratch = NULL
     cdef int failed = 0
     cdef int *fail = &failed    # shared: see reduction()
-    if nt == 1:
+    if N * C * L <= MIN_WORK:
         # small call: no parallel region to enter
         scratch = <double *>malloc(need * sizeof(double))
         if scratch == NULL:

@@ -369,8 +369,9 @@ cdef void rows_run(const storage *px, storage *po, int64_t R, int64_t D, double 
     cdef int64_t r
     cdef int nt = threads_for(R * D, R)
     cdef bint stream = streams(po, px, R * D * sizeof(storage))
-    if nt == 1:
-        # small call: no parallel region to enter
+    if R * D <= MIN_WORK:
+        # small call: no parallel region to enter (larger one-thread calls
+        # keep the region: its outlined loop compiles to faster code)
         note_threads(1)
         for r in range(R):
             row_forward(px + r * D, po + r * D, D, eps, rms, w, b, mean + r, var + r,
@@ -516,8 +517,9 @@ cdef void groups_run(const storage *px, storage *po, int64_t R, int64_t D, int64
     cdef int64_t r
     cdef int nt = threads_for(R * D, R)
     cdef bint stream = streams(po, px, R * D * sizeof(storage))
-    if nt == 1:
-        # small call: no parallel region to enter
+    if R * D <= MIN_WORK:
+        # small call: no parallel region to enter (larger one-thread calls
+        # keep the region: its outlined loop compiles to faster code)
         note_threads(1)
         for r in range(R):
             group_forward(px + r * D, po + r * D, D, r, G, K, eps, w, b, mean + r,

@@ -159,7 +159,10 @@ def test_per_call_script_times_every_layer(capsys):
     spec = importlib.util.spec_from_file_location("per_call", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    import torch
+    threads = torch.get_num_threads()
     assert mod.main(["--repeat", "1", "--min-time", "0"]) == 0
+    assert torch.get_num_threads() == threads           # restored
     rows = [ln for ln in capsys.readouterr().out.splitlines() if " 1x" in ln]
     names = {ln.split()[0] for ln in rows}
     assert names == {"BatchNorm2d", "BatchNorm1d", "InstanceNorm2d", "GroupNorm(4)",
