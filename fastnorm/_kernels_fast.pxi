@@ -377,13 +377,14 @@ cdef void groups_dispatch(int code, const void *x, void *y, int64_t R, int64_t D
 
 
 def groups_call(x, out, groups, weight, bias, eps, layer_dtype, int min_ndim,
-                int max_ndim, Py_ssize_t channels, running_mean, running_var):
+                int max_ndim, Py_ssize_t channels, running_mean, running_var,
+                bint instance=False):
     """GroupNorm, or InstanceNorm with the input's statistics and no update
     of running statistics, of the common call; or None.
 
     x (N, C, *) of min_ndim to max_ndim dims, non-empty; groups: a
-    positive int dividing C, or 0 for InstanceNorm (C groups, more than one
-    spatial element); weight, bias (C,) or None; running_mean, running_var:
+    positive int dividing C, or with instance InstanceNorm (groups
+    ignored: C groups, more than one spatial element); weight, bias (C,) or None; running_mean, running_var:
     None, or (C,) arrays that are checked as the general path checks them
     (an InstanceNorm layer tracking statistics in eval mode normalises
     with them: batch_call) but not read; channels: the layer's C (-1: any).
@@ -411,13 +412,16 @@ def groups_call(x, out, groups, weight, bias, eps, layer_dtype, int min_ndim,
     C = cnp.PyArray_DIMS(xa)[1]
     for d in range(2, nd):
         L *= cnp.PyArray_DIMS(xa)[d]
-    if N * C * L == 0 or (channels >= 0 and C != channels) or not PyLong_CheckExact(groups):
+    if N * C * L == 0 or (channels >= 0 and C != channels):
         return None
-    G = PyLong_AsSsize_t(groups)
-    if G == 0:
+    if instance:
         if L < 2:
             return None         # instance statistics of one value: the general path's error
         G = C
+    elif not PyLong_CheckExact(groups):
+        return None
+    else:
+        G = PyLong_AsSsize_t(groups)
     if G < 1 or C % G:
         return None
     R = N * G

@@ -323,9 +323,9 @@ class _InstanceNorm(_NormBase):
             # one kernel call, or None: _kernels_fast.pxi says what it takes
             nd, C = self._ndims[-1], self.num_features
             if self.training or not self.track_running_stats:
-                r = _kernels.groups_call(x, out, 0, self.weight, self.bias, self.eps,
+                r = _kernels.groups_call(x, out, None, self.weight, self.bias, self.eps,
                                          self.dtype, nd, nd, C, self.running_mean,
-                                         self.running_var)
+                                         self.running_var, True)
             else:
                 r = _kernels.batch_call(x, out, self.running_mean, self.running_var,
                                         self.weight, self.bias, self.eps, self.dtype, nd,
@@ -434,6 +434,7 @@ class GroupNorm(_Affine):
             y, self._saved = r
             return y
         where = type(self).__name__
+        ck.positive_int(self.num_groups, "num_groups", where)
         x = ck.check_rank(x, where, range(2, 64), layout="(N, C, *)")
         self._check_dtype(x, where)
         if x.shape[1] != self.num_channels:

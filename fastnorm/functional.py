@@ -111,8 +111,8 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
             r = _kernels.batch_call(input, out, running_mean, running_var, weight, bias, eps,
                                     None, 3, 63, -1)
         elif running_mean is None and running_var is None:
-            r = _kernels.groups_call(input, out, 0, weight, bias, eps, None, 3, 63, -1,
-                                     None, None)
+            r = _kernels.groups_call(input, out, None, weight, bias, eps, None, 3, 63, -1,
+                                     None, None, True)
         else:
             r = None
         if r is not None:

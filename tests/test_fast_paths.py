@@ -235,3 +235,17 @@ def test_instance_norm_without_running_stats(dtype, training):
     assert general_path(F.instance_norm, x).tobytes() == y.tobytes()
     # unbatched input: the general path, the same values
     assert a(x[0]).tobytes() == y[0].tobytes() and not took_fast_path(a)
+
+
+@pytest.mark.parametrize("groups", [0, -1, -2, 3, 2.0, True])
+def test_group_norm_bad_group_counts_keep_their_errors(groups):
+    """A group count that is not a positive int dividing C is the general
+    path's error, never a fast-path result, for the functional and for a
+    layer whose num_groups was changed after construction."""
+    x = np.zeros((2, 4, 3, 3), np.float32)
+    with pytest.raises((ValueError, TypeError)):
+        F.group_norm(x, groups)
+    layer = fastnorm.GroupNorm(2, 4)
+    layer.num_groups = groups
+    with pytest.raises((ValueError, TypeError)):
+        layer(x)
