@@ -180,6 +180,26 @@ cdef inline int params_code(int xcode, int a, int b, int c, int d) noexcept nogi
     return S_NONE
 
 
+cdef inline int small_int(object o, Py_ssize_t *value) noexcept:
+    """An exact int that fits a Py_ssize_t (a larger one: 0, no error set,
+    the general path explains)."""
+    if not PyLong_CheckExact(o):
+        return 0
+    try:
+        value[0] = PyLong_AsSsize_t(o)
+    except OverflowError:
+        return 0
+    return 1
+
+
+cdef inline bint channels_match(object channels, Py_ssize_t C) noexcept:
+    """A function's call (channels None) takes any C; a layer's, its own."""
+    cdef Py_ssize_t want
+    if channels is None:
+        return True
+    return small_int(channels, &want) and want == C
+
+
 cdef inline int eps_ok(object eps, double *value) noexcept:
     """A Python float, positive and finite (ints and others: general path)."""
     cdef double e
@@ -217,6 +237,9 @@ cdef object output_for(object out, cnp.ndarray x, int xcode, int *inplace):
     op = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)
     nb = cnp.PyArray_NBYTES(x)
     if op == xp:
+        for i in range(cnp.PyArray_NDIM(x)):
+            if cnp.PyArray_STRIDES(<cnp.ndarray>out)[i] != cnp.PyArray_STRIDES(x)[i]:
+                return None     # x's memory seen another way: the general path refuses it
         inplace[0] = 1
     elif op < xp + nb and xp < op + nb:
         return None             # partial overlap: refused by the general path
@@ -298,6 +321,7 @@ def rows_call(x, out, normalized_shape, weight, bias, eps, bint rms, layer_dtype
     cdef int xcode, pcode, inplace, k, i
     cdef cnp.ndarray xa
     cdef cnp.npy_intp D = 1, R, dim
+    cdef Py_ssize_t pdim
     cdef double e
     cdef const void *wk
     cdef const void *bk
@@ -316,10 +340,9 @@ def rows_call(x, out, normalized_shape, weight, bias, eps, bint rms, layer_dtype
     if k < 1 or k > cnp.PyArray_NDIM(xa):
         return None
     for i in range(k):
-        o = <object>PyTuple_GET_ITEM(normalized_shape, i)
-        if not PyLong_CheckExact(o):
+        if not small_int(<object>PyTuple_GET_ITEM(normalized_shape, i), &pdim):
             return None
-        dim = PyLong_AsSsize_t(o)
+        dim = pdim
         if dim < 1 or dim != cnp.PyArray_DIMS(xa)[cnp.PyArray_NDIM(xa) - k + i]:
             return None
         D *= dim
@@ -377,7 +400,7 @@ cdef void groups_dispatch(int code, const void *x, void *y, int64_t R, int64_t D
 
 
 def groups_call(x, out, groups, weight, bias, eps, layer_dtype, int min_ndim,
-                int max_ndim, Py_ssize_t channels, running_mean, running_var,
+                int max_ndim, channels, running_mean, running_var,
                 bint instance=False):
     """GroupNorm, or InstanceNorm with the input's statistics and no update
     of running statistics, of the common call; or None.
@@ -387,12 +410,14 @@ def groups_call(x, out, groups, weight, bias, eps, layer_dtype, int min_ndim,
     ignored: C groups, more than one spatial element); weight, bias (C,) or None; running_mean, running_var:
     None, or (C,) arrays that are checked as the general path checks them
     (an InstanceNorm layer tracking statistics in eval mode normalises
-    with them: batch_call) but not read; channels: the layer's C (-1: any).
+    with them: batch_call) but not read; channels: the layer's C (None
+    for a function: any).
     Slices of at most FUSE_BYTES only.  Returns (y, (x, mean, invstd,
     inplace, G)): mean, invstd (N * G,) float64."""
     cdef int xcode, pcode, inplace, nd, d
     cdef cnp.ndarray xa
     cdef cnp.npy_intp N, C, L = 1, G, R, D
+    cdef Py_ssize_t pg
     cdef double e
     cdef const void *wk
     cdef const void *bk
@@ -412,16 +437,16 @@ def groups_call(x, out, groups, weight, bias, eps, layer_dtype, int min_ndim,
     C = cnp.PyArray_DIMS(xa)[1]
     for d in range(2, nd):
         L *= cnp.PyArray_DIMS(xa)[d]
-    if N * C * L == 0 or (channels >= 0 and C != channels):
+    if N * C * L == 0 or not channels_match(channels, C):
         return None
     if instance:
         if L < 2:
             return None         # instance statistics of one value: the general path's error
         G = C
-    elif not PyLong_CheckExact(groups):
+    elif not small_int(groups, &pg):
         return None
     else:
-        G = PyLong_AsSsize_t(groups)
+        G = pg
     if G < 1 or C % G:
         return None
     R = N * G
@@ -484,7 +509,9 @@ cdef int eval_coefficients(const storage *rm, const storage *rv,
         ctr = fn_centre(rm, m)
         k[c] = ctr
         k[C + c] = sc
-        k[2 * C + c] = (ctr - m) * sc
+        # (centre - mean) * scale, 0 where the scale is not finite (an
+        # overflowing weight * invstd), as _checks.centered
+        k[2 * C + c] = (ctr - m) * sc if isfinite(sc) else 0.0
         if b != NULL:
             k[2 * C + c] = k[2 * C + c] + fn_at(b, c)
     return 1
@@ -528,7 +555,7 @@ cdef int affine_call(int code, const void *x, void *y, int64_t N, int64_t C, int
 
 
 def batch_call(x, out, running_mean, running_var, weight, bias, eps, layer_dtype,
-               int min_ndim, int max_ndim, Py_ssize_t channels):
+               int min_ndim, int max_ndim, channels):
     """Eval-mode batch norm of the common call, or None.
 
     out = (x - running_mean) / sqrt(running_var + eps) * weight + bias, with
@@ -536,7 +563,7 @@ def batch_call(x, out, running_mean, running_var, weight, bias, eps, layer_dtype
     path (_batch_norm.py).  x (N, C, *) of min_ndim to max_ndim dims, N * L
     > 0; running_mean, running_var (C,) (both required); weight, bias (C,)
     or None; layer_dtype: the layer's dtype, None for a function;
-    channels: the layer's C (-1: any).  None
+    channels: the layer's C (None for a function: any).  None
     also when a variance is not positive or a mean or weight not finite (the
     general path's warnings and rules).  Returns (y, (x, mean, invstd,
     inplace)): mean, invstd (C,) float64, what a backward call needs."""
@@ -560,7 +587,7 @@ def batch_call(x, out, running_mean, running_var, weight, bias, eps, layer_dtype
     C = cnp.PyArray_DIMS(xa)[1]
     for d in range(2, nd):
         L *= cnp.PyArray_DIMS(xa)[d]
-    if (N * L == 0 or C == 0 or (channels >= 0 and C != channels)
+    if (N * L == 0 or C == 0 or not channels_match(channels, C)
             or running_mean is None or running_var is None):
         return None
     if not eps_ok(eps, &e):
@@ -639,13 +666,12 @@ def lrn_call(x, out, size, alpha, beta, k):
         return None
     xa = <cnp.ndarray>x
     nd = cnp.PyArray_NDIM(xa)
-    if nd < 3 or nd > 64 or not PyLong_CheckExact(size):
+    if nd < 3 or nd > 64 or not small_int(size, &sz):
         return None
     N = cnp.PyArray_DIMS(xa)[0]
     C = cnp.PyArray_DIMS(xa)[1]
     for d in range(2, nd):
         L *= cnp.PyArray_DIMS(xa)[d]
-    sz = PyLong_AsSsize_t(size)
     if (N * C * L == 0 or sz < 1 or not finite_float(alpha, &a) or not finite_float(beta, &b)
             or not finite_float(k, &kk)):
         return None

@@ -15,6 +15,12 @@ from ._native import kernels as _kernels
 
 
 
+def _momentum_ok(m):
+    """A momentum the general path accepts (it checks it in every mode): the
+    fast paths, which do not use it, run only then."""
+    return m is None or (type(m) is float and 0.0 <= m <= 1.0)
+
+
 class Module:
     """Train/eval switch and state_dict plumbing shared by fastnorm layers.
 
@@ -241,7 +247,8 @@ class _BatchNorm(_NormBase):
                          bias, dtype)
 
     def _forward(self, x, out):
-        if not self.training:
+        m = self.momentum       # checked in every mode by the general path
+        if not self.training and (m is None or (type(m) is float and 0.0 <= m <= 1.0)):
             # the common eval call in one kernel call (validation included),
             # or None: _kernels_fast.pxi says what it takes
             nd = self._ndims
@@ -318,7 +325,7 @@ class _InstanceNorm(_NormBase):
                          bias, dtype)
 
     def _forward(self, x, out):
-        if not (self.training and self.track_running_stats):
+        if not (self.training and self.track_running_stats) and _momentum_ok(self.momentum):
             # the common call (batched, no running statistics to update) in
             # one kernel call, or None: _kernels_fast.pxi says what it takes
             nd, C = self._ndims[-1], self.num_features

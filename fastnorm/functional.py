@@ -48,7 +48,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None,
     if not training and type(momentum) is float and 0.0 <= momentum <= 1.0:
         # the common eval call in one kernel call, or None: _kernels_fast.pxi
         r = _kernels.batch_call(input, out, running_mean, running_var, weight, bias, eps,
-                                None, 2, 63, -1)
+                                None, 2, 63, None)
         if r is not None:
             return r[0]
     where = "batch_norm"
@@ -109,9 +109,9 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         # the common call in one kernel call, or None: _kernels_fast.pxi
         if not use_input_stats:
             r = _kernels.batch_call(input, out, running_mean, running_var, weight, bias, eps,
-                                    None, 3, 63, -1)
+                                    None, 3, 63, None)
         elif running_mean is None and running_var is None:
-            r = _kernels.groups_call(input, out, None, weight, bias, eps, None, 3, 63, -1,
+            r = _kernels.groups_call(input, out, None, weight, bias, eps, None, 3, 63, None,
                                      None, None, True)
         else:
             r = None
@@ -153,7 +153,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, out=None)
     """Group normalisation of input (N, C, *), as torch.nn.functional.group_norm:
     statistics per (sample, group of C / num_groups channels), affine per channel."""
     # the common call in one kernel call, or None: _kernels_fast.pxi
-    r = _kernels.groups_call(input, out, num_groups, weight, bias, eps, None, 2, 63, -1,
+    r = _kernels.groups_call(input, out, num_groups, weight, bias, eps, None, 2, 63, None,
                              None, None)
     if r is not None:
         return r[0]

@@ -249,3 +249,47 @@ def test_group_norm_bad_group_counts_keep_their_errors(groups):
     layer.num_groups = groups
     with pytest.raises((ValueError, TypeError)):
         layer(x)
+
+
+def test_layer_attributes_changed_after_construction_keep_their_errors():
+    """The general path re-checks momentum (in every mode), channel counts
+    and group counts; the fast paths decline what it would refuse."""
+    x = np.zeros((2, 3, 4), np.float32)
+    for layer in (fastnorm.BatchNorm1d(3).eval(), fastnorm.InstanceNorm1d(3).eval()):
+        layer.momentum = 5.0
+        with pytest.raises(ValueError, match="momentum"):
+            layer(x)
+    for layer in (fastnorm.BatchNorm1d(6).eval(), fastnorm.InstanceNorm1d(6)):
+        layer.num_features = -1
+        with pytest.raises(ValueError, match="channels"):
+            layer(np.zeros((2, 6, 4), np.float32))
+    gn = fastnorm.GroupNorm(2, 4, affine=False)
+    gn.num_channels = -1
+    with pytest.raises(ValueError, match="channels"):
+        gn(np.zeros((2, 6, 4), np.float32))
+    with pytest.raises(ValueError):
+        F.group_norm(np.zeros((2, 4, 3), np.float32), 2 ** 70)
+    with pytest.raises(ValueError):
+        F.layer_norm(np.zeros((2, 4), np.float32), (2 ** 70,))
+
+
+def test_batch_norm_eval_overflowing_scale_as_the_general_path():
+    """weight * invstd beyond float64: the shift keeps the bias alone (no
+    0 * inf), on both paths."""
+    bn = fastnorm.BatchNorm1d(2, dtype=np.float64).eval()
+    bn.weight[:] = 1e308
+    bn.running_var[:] = 0.0
+    x = np.array([[1.0, -2.0]])
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = bn(x)
+        assert took_fast_path(bn)
+        want = general_path(bn, x)
+    assert y.tobytes() == want.tobytes()
+    assert np.isinf(y).all()
+
+
+def test_out_on_the_inputs_memory_with_other_strides_is_refused():
+    x = np.random.default_rng(0).random((1, 4)).astype(np.float32)
+    out = np.lib.stride_tricks.as_strided(x, shape=(1, 4), strides=(8, 4), writeable=True)
+    with pytest.raises(ValueError, match="out overlaps the input"):
+        F.layer_norm(x, 4, out=out)
