@@ -61,8 +61,6 @@ from libc.stdint cimport int64_t
 from libc.math cimport isfinite, sqrt
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
-from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE,
-                             PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer)
 
 # The storage types of the kernels, in Cython: the typed memoryviews of the
 # public kernels dispatch on the buffer's format ('f', 'd', and for the

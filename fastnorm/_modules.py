@@ -247,7 +247,7 @@ class _BatchNorm(_NormBase):
                          bias, dtype)
 
     def _forward(self, x, out):
-        m = self.momentum       # checked in every mode by the general path
+        m = self.momentum       # _momentum_ok, inlined on this hottest path
         if not self.training and (m is None or (type(m) is float and 0.0 <= m <= 1.0)):
             # the common eval call in one kernel call (validation included),
             # or None: _kernels_fast.pxi says what it takes

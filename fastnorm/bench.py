@@ -897,10 +897,6 @@ def run_row(spec, s, mode, nthreads, peers, args, torch):
         return measure(fns, args.repeat, args.min_time), diffs
 
 
-def bandwidth_of(env):
-    return env.get("bandwidth") or {}
-
-
 def main(argv=None):
     import warnings
     # PyTorch: "Mismatch dtype between input and weight ... not fused" for
@@ -932,7 +928,8 @@ def main(argv=None):
         _bench_models.run(args.models, args.threads, dtype, args.repeat, args.min_time,
                           [p for p in peers if p in ("torch", "onnxruntime")], out, records)
         if args.json:
-            env_json = dict(env, bandwidth={str(k): v for k, v in bandwidth_of(env).items()})
+            env_json = dict(env, bandwidth={str(k): v for k, v in
+                                           (env.get("bandwidth") or {}).items()})
             with open(args.json, "w") as f:
                 json.dump({"environment": env_json, "models": records}, f, indent=1)
             print(f"wrote {args.json}", file=out)

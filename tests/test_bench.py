@@ -77,15 +77,20 @@ def test_plot(tmp_path, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _isa_pair():
+def _bench_script(name):
+    """bench/<name>.py as a module (skips where bench/ is not beside the tests)."""
     import pathlib
-    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "isa_pair.py"
+    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
     if not path.exists():
-        pytest.skip("bench/isa_pair.py is not beside the tests")
-    spec = importlib.util.spec_from_file_location("isa_pair", path)
+        pytest.skip(f"bench/{name}.py is not beside the tests")
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _isa_pair():
+    return _bench_script("isa_pair")
 
 
 def test_isa_pair_times_both_copies_and_restores_the_choice(capsys):
@@ -152,13 +157,7 @@ def test_bench_models_runs_against_its_peers(tmp_path, capsys):
 
 def test_per_call_script_times_every_layer(capsys):
     pytest.importorskip("torch")
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "per_call.py"
-    if not path.exists():
-        pytest.skip("bench/per_call.py is not beside the tests")
-    spec = importlib.util.spec_from_file_location("per_call", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_script("per_call")
     import torch
     threads = torch.get_num_threads()
     assert mod.main(["--repeat", "1", "--min-time", "0"]) == 0
