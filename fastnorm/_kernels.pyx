@@ -99,6 +99,9 @@ cdef enum:
     TILE = 1024         # elements of an output tile computed in L1, then streamed
     STREAM_BYTES = 64 << 20  # default: outputs this large use streaming stores
     LAYER_ROWS = 64     # row backward: rows per block of column partials
+    SHORT_ROWS = 8      # short slices whose statistics are taken side by side:
+    SHORT_D = 256       # those of at most this many elements (longer ones are
+                        # bound by memory, and 8 of them would leave L1)
 
 cdef enum Op:
     OP_AFFINE = 0       # out = (x - k0) * k1 + k2

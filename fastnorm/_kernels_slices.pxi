@@ -221,60 +221,58 @@ def layer_bwd_sums(const storage[:, ::1] x, const storage[:, ::1] dy,
 # Statistics of one slice
 # --------------------------------------------------------------------------
 
-cdef inline void run_moments(const storage *p, int64_t n, double *pm,
-                             double *pm2) noexcept nogil:
-    """Two-pass mean and M2 of one run of n values (= plane_moments)."""
-    cdef double s, sd = 0.0, sdd = 0.0, cnt = <double>n, m
-    s = fn_sum(p, n)
-    m = fn_centre(p, s / cnt)
-    fn_dev(p, n, m, &sd, &sdd)
+cdef inline double run_centre(const storage *p, int64_t n) noexcept nogil:
+    """First pass of run_moments: the mean of p[0:n] as a centre."""
+    return fn_centre(p, fn_sum(p, n) / <double>n)
+
+
+cdef inline void run_close(double m, double sd, double sdd, int64_t n, double *pm,
+                           double *pm2) noexcept nogil:
+    """run_moments' mean and M2 from the deviations about the centre m."""
+    cdef double cnt = <double>n
     pm[0] = m + sd / cnt if isfinite(m) else m
     sdd = sdd - sd * sd / cnt
     pm2[0] = 0.0 if sdd < 0.0 else sdd
+
+
+cdef inline void run_moments(const storage *p, int64_t n, double *pm,
+                             double *pm2) noexcept nogil:
+    """Two-pass mean and M2 of one run of n values (= plane_moments)."""
+    cdef double sd = 0.0, sdd = 0.0
+    cdef double m = run_centre(p, n)
+    fn_dev(p, n, m, &sd, &sdd)
+    run_close(m, sd, sdd, n, pm, pm2)
 
 
 cdef struct Moments:
     double mean, var, invstd
 
 
-cdef inline Moments slice_moments(const storage *p, int64_t D) noexcept nogil:
-    """Mean and biased variance of p[0:D]: pieces of UNIT, Chan-merged.
-
-    Returned by value: inside prange, a variable is private to the thread
-    only when the loop assigns it; one written through its address is
-    shared by the team."""
-    cdef Moments res
-    cdef int64_t j0, ln
-    cdef double cnt = 0.0, mu = 0.0, m2 = 0.0, nb, tot, d, pm, pm2
-    j0 = 0
-    while j0 < D:
-        ln = D - j0
-        if ln > UNIT:
-            ln = UNIT
-        run_moments(p + j0, ln, &pm, &pm2)
-        nb = <double>ln
-        tot = cnt + nb
-        d = pm - mu
-        if isfinite(mu) and isfinite(pm):
-            mu = mu + d * (nb / tot)
-        else:
-            mu = (mu * cnt + pm * nb) / tot
-        m2 = m2 + pm2 + d * d * (cnt * nb / tot)
-        cnt = tot
-        j0 += ln
-    res.mean = mu
-    res.var = (0.0 if m2 < 0.0 else m2) / cnt
-    res.invstd = 0.0           # set by slice_statistics
-    return res
+cdef struct Merge:
+    double cnt, mu, m2
 
 
-cdef inline Moments slice_statistics(const storage *p, int64_t D, double eps,
-                                     bint rms) noexcept nogil:
-    """slice_moments and invstd: 1 / sqrt(var + eps), or with rms
-    1 / sqrt(var + mean**2 + eps)."""
-    cdef Moments mo = slice_moments(p, D)
+cdef inline Merge merge_piece(Merge a, double pm, double pm2, int64_t n) noexcept nogil:
+    """a with a piece of n values of mean pm and M2 pm2 merged in (Chan)."""
+    cdef double nb = <double>n, tot = a.cnt + nb, d = pm - a.mu
+    if isfinite(a.mu) and isfinite(pm):
+        a.mu = a.mu + d * (nb / tot)
+    else:
+        a.mu = (a.mu * a.cnt + pm * nb) / tot
+    a.m2 = a.m2 + pm2 + d * d * (a.cnt * nb / tot)
+    a.cnt = tot
+    return a
+
+
+cdef inline Moments finish_moments(Merge a, const storage *p, int64_t D, double eps,
+                                   bint rms) noexcept nogil:
+    """The merged pieces of slice p[0:D] as mean, biased variance and invstd:
+    1 / sqrt(var + eps), or with rms 1 / sqrt(var + mean**2 + eps)."""
+    cdef Moments mo
     cdef double ms
     cdef int64_t j
+    mo.mean = a.mu
+    mo.var = (0.0 if a.m2 < 0.0 else a.m2) / a.cnt
     if rms:
         ms = mo.var + mo.mean * mo.mean
         if not isfinite(ms):    # an infinity in the slice: var is NaN, the mean square inf
@@ -286,6 +284,64 @@ cdef inline Moments slice_statistics(const storage *p, int64_t D, double eps,
     else:
         mo.invstd = 1.0 / sqrt(mo.var + eps)
     return mo
+
+
+cdef inline Moments slice_statistics(const storage *p, int64_t D, double eps,
+                                     bint rms) noexcept nogil:
+    """Mean, biased variance and invstd of p[0:D] (finish_moments): pieces of
+    UNIT, Chan-merged.
+
+    Returned by value: inside prange, a variable is private to the thread
+    only when the loop assigns it; one written through its address is
+    shared by the team."""
+    cdef Merge a
+    cdef int64_t j0 = 0, ln
+    cdef double pm, pm2
+    a.cnt = 0.0
+    a.mu = 0.0
+    a.m2 = 0.0
+    while j0 < D:
+        ln = D - j0
+        if ln > UNIT:
+            ln = UNIT
+        run_moments(p + j0, ln, &pm, &pm2)
+        a = merge_piece(a, pm, pm2, ln)
+        j0 += ln
+    return finish_moments(a, p, D, eps, rms)
+
+
+cdef inline void short_statistics(const storage *p, int64_t D, int64_t nr, double eps,
+                                  bint rms, double *mean, double *var,
+                                  double *invstd) noexcept nogil:
+    """slice_statistics of nr <= SHORT_ROWS consecutive slices of D <= SHORT_D
+    elements each (one piece), mean[r] 0 with rms.  The same operations on
+    each slice, so the same bits, taken phase by phase over the slices: the
+    sums of one slice, then its divisions and square root, no longer wait
+    on the last slice's (short slices are bound by that chain, not by
+    memory)."""
+    cdef double m[SHORT_ROWS]
+    cdef double sd[SHORT_ROWS]
+    cdef double sdd[SHORT_ROWS]
+    cdef double pm, pm2
+    cdef int64_t r
+    cdef Merge a
+    cdef Moments mo
+    for r in range(nr):
+        m[r] = run_centre(p + r * D, D)
+    for r in range(nr):
+        sd[r] = 0.0
+        sdd[r] = 0.0
+        fn_dev(p + r * D, D, m[r], &sd[r], &sdd[r])
+    for r in range(nr):
+        run_close(m[r], sd[r], sdd[r], D, &pm, &pm2)
+        a.cnt = 0.0
+        a.mu = 0.0
+        a.m2 = 0.0
+        a = merge_piece(a, pm, pm2, D)
+        mo = finish_moments(a, p + r * D, D, eps, rms)
+        mean[r] = 0.0 if rms else mo.mean
+        var[r] = mo.var
+        invstd[r] = mo.invstd
 
 
 cdef inline void prefetch_run(const storage *p, int64_t n) noexcept nogil:
@@ -350,15 +406,33 @@ cdef inline void row_normalise(const storage *x, storage *y, int64_t D, double m
         fn_stream_fence()
 
 
-cdef inline void row_forward(const storage *px, storage *po, int64_t D, double eps,
-                             bint rms, const void *w, const void *b, double *mean,
-                             double *var, double *invstd, bint stream) noexcept nogil:
-    """Statistics and normalisation of one row (rows_run's work item)."""
-    cdef Moments mo = slice_statistics(px, D, eps, rms)
-    mean[0] = 0.0 if rms else mo.mean
-    var[0] = mo.var
-    invstd[0] = mo.invstd
-    row_normalise(px, po, D, mean[0], mo.invstd, rms, w, b, stream)
+cdef inline void rows_item(const storage *px, storage *po, int64_t R, int64_t D,
+                           int64_t i, double eps, bint rms, const void *w,
+                           const void *b, double *mean, double *var, double *invstd,
+                           bint stream) noexcept nogil:
+    """Work item i of rows_run: rows [i * SHORT_ROWS, ...) of at most SHORT_D
+    elements (statistics side by side, short_statistics), or row i of a
+    longer D."""
+    cdef int64_t r0, nr, r
+    cdef Moments mo
+    if D > SHORT_D:
+        mo = slice_statistics(px + i * D, D, eps, rms)
+        mean[i] = 0.0 if rms else mo.mean
+        var[i] = mo.var
+        invstd[i] = mo.invstd
+        row_normalise(px + i * D, po + i * D, D, mean[i], mo.invstd, rms, w, b, stream)
+        return
+    r0 = i * SHORT_ROWS
+    nr = R - r0 if R - r0 < SHORT_ROWS else SHORT_ROWS
+    short_statistics(px + r0 * D, D, nr, eps, rms, mean + r0, var + r0, invstd + r0)
+    for r in range(r0, r0 + nr):
+        row_normalise(px + r * D, po + r * D, D, mean[r], invstd[r], rms, w, b, stream)
+
+
+cdef inline int64_t slice_items(int64_t R, int64_t D) noexcept nogil:
+    """Work items of R slices of D elements: blocks of SHORT_ROWS short
+    slices, or one each."""
+    return R if D > SHORT_D else (R + SHORT_ROWS - 1) // SHORT_ROWS
 
 
 cdef void rows_run(const storage *px, storage *po, int64_t R, int64_t D, double eps,
@@ -366,21 +440,19 @@ cdef void rows_run(const storage *px, storage *po, int64_t R, int64_t D, double 
                    double *invstd) noexcept nogil:
     """rows_forward on raw pointers (also the per-call fast path's kernel,
     _kernels_fast.pxi): R * D > 0, w and b compute-type values or NULL."""
-    cdef int64_t r
-    cdef int nt = threads_for(R * D, R)
+    cdef int64_t i, items = slice_items(R, D)
+    cdef int nt = threads_for(R * D, items)
     cdef bint stream = streams(po, px, R * D * sizeof(storage))
     if R * D <= MIN_WORK:
         # small call: no parallel region to enter (larger one-thread calls
         # keep the region: its outlined loop compiles to faster code)
         note_threads(1)
-        for r in range(R):
-            row_forward(px + r * D, po + r * D, D, eps, rms, w, b, mean + r, var + r,
-                        invstd + r, stream)
+        for i in range(items):
+            rows_item(px, po, R, D, i, eps, rms, w, b, mean, var, invstd, stream)
     else:
-        for r in prange(R, num_threads=nt, schedule='static'):
+        for i in prange(items, num_threads=nt, schedule='static'):
             note_threads(nt)
-            row_forward(px + r * D, po + r * D, D, eps, rms, w, b, mean + r, var + r,
-                        invstd + r, stream)
+            rows_item(px, po, R, D, i, eps, rms, w, b, mean, var, invstd, stream)
 
 
 def rows_forward(const storage[:, ::1] x, storage[:, ::1] out, double eps, bint rms,

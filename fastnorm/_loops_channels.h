@@ -32,10 +32,11 @@ static inline double fn_sum_##SUF(const S *x, int64_t n)                      \
     }                                                                         \
     /* the rest (a short run, or the end of a long one): 8 values at a time,  \
      * widened to float64 exactly and added in float64 lanes, then one by one */\
+    fn_v8d acc = fn_cat8d(lo, hi);                                            \
     for (; i + 8 <= n; i += 8)                                                \
-        fn_flush8(fn_ld8f_##SUF(x + i), &lo, &hi);                            \
+        acc += fn_cvt8d(fn_ld8f_##SUF(x + i));                               \
     for (; i < n; i++) t += (double)fn_ld_##SUF(x[i]);                        \
-    double total = fn_hsum(lo + hi) + t;                                      \
+    double total = fn_hsum(fn_lo8d(acc) + fn_hi8d(acc)) + t;                  \
     if (!__builtin_isfinite(total)) {                                         \
         fn_v4d r0 = {0}, r1 = {0};                                            \
         t = 0.0;                                                              \
@@ -76,20 +77,21 @@ static inline void fn_dev_##SUF(const S *x, int64_t n, double m_,            \
     }                                                                         \
     /* the rest (a short run, or the end of a long one): the scalar loop's    \
      * float64 arithmetic, 8 values at a time in float64 lanes */             \
-    fn_v4d m4 = {m, m, m, m};                                                 \
+    double md = (double)m;                                                    \
+    fn_v8d m8 = {md, md, md, md, md, md, md, md};                             \
+    fn_v8d a8 = fn_cat8d(alo, ahi), b8 = fn_cat8d(blo, bhi);                  \
     for (; i + 8 <= n; i += 8) {                                              \
-        fn_v4d d0 = fn_ld4d_##SUF(x + i) - m4, d1 = fn_ld4d_##SUF(x + i + 4) - m4;\
-        alo += d0;                                                            \
-        ahi += d1;                                                            \
-        blo += d0 * d0;                                                       \
-        bhi += d1 * d1;                                                       \
+        fn_v8d d = fn_cvt8d(fn_ld8f_##SUF(x + i)) - m8;                      \
+        a8 += d;                                                              \
+        b8 += d * d;                                                          \
     }                                                                         \
     for (; i < n; i++) {                                                      \
-        double d = (double)fn_ld_##SUF(x[i]) - (double)m;                     \
+        double d = (double)fn_ld_##SUF(x[i]) - md;                            \
         ta += d;                                                              \
         tb += d * d;                                                          \
     }                                                                         \
-    double a = fn_hsum(alo + ahi) + ta, b = fn_hsum(blo + bhi) + tb;          \
+    double a = fn_hsum(fn_lo8d(a8) + fn_hi8d(a8)) + ta;                       \
+    double b = fn_hsum(fn_lo8d(b8) + fn_hi8d(b8)) + tb;                       \
     if (!__builtin_isfinite(a) || !__builtin_isfinite(b)) {                   \
         fn_v4d mm = {m, m, m, m}, a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};     \
         ta = tb = 0.0;                                                        \
@@ -146,17 +148,15 @@ static inline void fn_dot_##SUF(const S *x, const S *dy, int64_t n,          \
     /* the rest: the scalar loop's float64 arithmetic, 8 values at a time in  \
      * float64 lanes, then one by one */                                      \
     {                                                                         \
-        fn_v4d m4 = {mf, mf, mf, mf};                                         \
-        fn_v4d a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};                        \
+        double md = (double)mf;                                               \
+        fn_v8d m8 = {md, md, md, md, md, md, md, md}, a8 = {0}, b8 = {0};     \
         for (; i + 8 <= n; i += 8) {                                          \
-            fn_v4d g0 = fn_ld4d_##SUF(dy + i), g1 = fn_ld4d_##SUF(dy + i + 4);\
-            a0 += g0;                                                         \
-            a1 += g1;                                                         \
-            b0 += g0 * (fn_ld4d_##SUF(x + i) - m4);                           \
-            b1 += g1 * (fn_ld4d_##SUF(x + i + 4) - m4);                       \
+            fn_v8d g = fn_cvt8d(fn_ld8f_##SUF(dy + i));                      \
+            a8 += g;                                                          \
+            b8 += g * (fn_cvt8d(fn_ld8f_##SUF(x + i)) - m8);                 \
         }                                                                     \
-        ta += fn_hsum(a0 + a1);                                               \
-        tb += fn_hsum(b0 + b1);                                               \
+        ta += fn_hsum(fn_lo8d(a8) + fn_hi8d(a8));                             \
+        tb += fn_hsum(fn_lo8d(b8) + fn_hi8d(b8));                             \
     }                                                                         \
     for (; i < n; i++) {                                                      \
         double g = (double)fn_ld_##SUF(dy[i]);                                \
