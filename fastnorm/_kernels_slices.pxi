@@ -35,6 +35,8 @@ cdef extern from "_loops_slices.h" nogil:
                   double c, double a, double q, double k)
     void fn_lnsums(const void *x, const void *dy, const void *w, int64_t n, double m,
                    double inv, double *A, double *B, double *c1, double *c2)
+    int fn_rows8(const void *x, int64_t n, double eps, int rms, double *mean,
+                 double *var, double *invstd)
     int64_t fn_rows_scratch(const void *tag, int64_t D)
     void fn_rowsbwd(const void *x, const void *dy, void *dx, int64_t D, int64_t r0,
                     int64_t r1, int rms, const void *w, const double *mean,
@@ -326,6 +328,8 @@ cdef inline void short_statistics(const storage *p, int64_t D, int64_t nr, doubl
     cdef int64_t r
     cdef Merge a
     cdef Moments mo
+    if nr == SHORT_ROWS and fn_rows8(p, D, eps, rms, mean, var, invstd):
+        return
     for r in range(nr):
         m[r] = run_centre(p + r * D, D)
     for r in range(nr):
@@ -378,32 +382,43 @@ def slice_stats(const storage[:, ::1] x, double eps, bint rms, double[::1] mean,
 # Rows: LayerNorm and RMSNorm
 # --------------------------------------------------------------------------
 
+cdef inline void row_affine(const storage *x, storage *y, int64_t D, double m,
+                            double inv, bint rms, const void *w,
+                            const void *b) noexcept nogil:
+    """y = ((x - m) * inv) * w + b, as ((x - c) * inv + t) * w + b (c the
+    mean rounded to the compute type, or 0 with rms: t = (c - m) * inv)."""
+    cdef double c = 0.0 if rms else fn_centre(x, m)
+    cdef double t = (c - m) * inv
+    if w != NULL:
+        fn_lnaff(x, y, D, c, inv, t, w, b)
+    else:
+        fn_affine(x, y, D, c, inv, t)
+
+
 cdef inline void row_normalise(const storage *x, storage *y, int64_t D, double m,
                                double inv, bint rms, const void *w, const void *b,
                                bint stream) noexcept nogil:
-    """y = ((x - m) * inv) * w + b, as ((x - c) * inv + t) * w + b.
-    stream: compute TILE values at a time in L1 and write them to y with
-    streaming stores (same values)."""
+    """row_affine; with stream, TILE values at a time computed in L1 and
+    written to y with streaming stores (same values)."""
     cdef double c = 0.0 if rms else fn_centre(x, m)
     cdef double t = (c - m) * inv
     cdef int64_t j, n
     cdef storage tile[TILE]
     cdef storage *tp = &tile[0]
+    if not stream:
+        row_affine(x, y, D, m, inv, rms, w, b)
+        return
     j = 0
     while j < D:
-        n = D - j if not stream or D - j < TILE else TILE
-        if stream:
-            prefetch_run(x + D + j, n)
+        n = D - j if D - j < TILE else TILE
+        prefetch_run(x + D + j, n)
         if w != NULL:
-            fn_lnaff(x + j, tp if stream else y + j, n, c, inv, t, wofs(x, w, j),
-                     wofs(x, b, j))
+            fn_lnaff(x + j, tp, n, c, inv, t, wofs(x, w, j), wofs(x, b, j))
         else:
-            fn_affine(x + j, tp if stream else y + j, n, c, inv, t)
-        if stream:
-            fn_stream(y + j, tp, n)
+            fn_affine(x + j, tp, n, c, inv, t)
+        fn_stream(y + j, tp, n)
         j += n
-    if stream:
-        fn_stream_fence()
+    fn_stream_fence()
 
 
 cdef inline void rows_item(const storage *px, storage *po, int64_t R, int64_t D,
@@ -426,7 +441,10 @@ cdef inline void rows_item(const storage *px, storage *po, int64_t R, int64_t D,
     nr = R - r0 if R - r0 < SHORT_ROWS else SHORT_ROWS
     short_statistics(px + r0 * D, D, nr, eps, rms, mean + r0, var + r0, invstd + r0)
     for r in range(r0, r0 + nr):
-        row_normalise(px + r * D, po + r * D, D, mean[r], invstd[r], rms, w, b, stream)
+        if stream:
+            row_normalise(px + r * D, po + r * D, D, mean[r], invstd[r], rms, w, b, True)
+        else:
+            row_affine(px + r * D, po + r * D, D, mean[r], invstd[r], rms, w, b)
 
 
 cdef inline int64_t slice_items(int64_t R, int64_t D) noexcept nogil:
@@ -556,6 +574,9 @@ cdef inline void group_normalise(const storage *x, storage *y, int64_t D,
         t = (c - m) * s
         if b != NULL:
             t = t + fn_wat(x, b, ch)
+        if not stream:
+            fn_affine(x + k * L, y + k * L, L, c, s, t)
+            continue
         j = 0
         while j < L:
             n = L - j if not stream or L - j < TILE else TILE
@@ -569,16 +590,28 @@ cdef inline void group_normalise(const storage *x, storage *y, int64_t D,
         fn_stream_fence()
 
 
-cdef inline void group_forward(const storage *px, storage *po, int64_t D, int64_t r,
-                               int64_t G, int64_t K, double eps, const void *w,
-                               const void *b, double *mean, double *var, double *invstd,
-                               bint stream) noexcept nogil:
-    """Statistics and normalisation of slice r (groups_run's work item)."""
-    cdef Moments mo = slice_statistics(px, D, eps, False)
-    mean[0] = mo.mean
-    var[0] = mo.var
-    invstd[0] = mo.invstd
-    group_normalise(px, po, D, r, G, K, mo.mean, mo.invstd, w, b, stream)
+cdef inline void groups_item(const storage *px, storage *po, int64_t R, int64_t D,
+                             int64_t i, int64_t G, int64_t K, double eps,
+                             const void *w, const void *b, double *mean, double *var,
+                             double *invstd, bint stream) noexcept nogil:
+    """Work item i of groups_run (as rows_item): slices [i * SHORT_ROWS, ...)
+    of at most SHORT_D elements, or slice i of a longer D."""
+    cdef int64_t r0, nr, r
+    cdef Moments mo
+    if D > SHORT_D:
+        mo = slice_statistics(px + i * D, D, eps, False)
+        mean[i] = mo.mean
+        var[i] = mo.var
+        invstd[i] = mo.invstd
+        group_normalise(px + i * D, po + i * D, D, i, G, K, mo.mean, mo.invstd, w, b,
+                        stream)
+        return
+    r0 = i * SHORT_ROWS
+    nr = R - r0 if R - r0 < SHORT_ROWS else SHORT_ROWS
+    short_statistics(px + r0 * D, D, nr, eps, False, mean + r0, var + r0, invstd + r0)
+    for r in range(r0, r0 + nr):
+        group_normalise(px + r * D, po + r * D, D, r, G, K, mean[r], invstd[r], w, b,
+                        stream)
 
 
 cdef void groups_run(const storage *px, storage *po, int64_t R, int64_t D, int64_t G,
@@ -586,21 +619,19 @@ cdef void groups_run(const storage *px, storage *po, int64_t R, int64_t D, int64
                      double *var, double *invstd) noexcept nogil:
     """groups_forward on raw pointers (also the per-call fast path's kernel,
     _kernels_fast.pxi): R * D > 0, w and b compute-type values or NULL."""
-    cdef int64_t r
-    cdef int nt = threads_for(R * D, R)
+    cdef int64_t i, items = slice_items(R, D)
+    cdef int nt = threads_for(R * D, items)
     cdef bint stream = streams(po, px, R * D * sizeof(storage))
     if R * D <= MIN_WORK:
         # small call: no parallel region to enter (larger one-thread calls
         # keep the region: its outlined loop compiles to faster code)
         note_threads(1)
-        for r in range(R):
-            group_forward(px + r * D, po + r * D, D, r, G, K, eps, w, b, mean + r,
-                          var + r, invstd + r, stream)
+        for i in range(items):
+            groups_item(px, po, R, D, i, G, K, eps, w, b, mean, var, invstd, stream)
     else:
-        for r in prange(R, num_threads=nt, schedule='static'):
+        for i in prange(items, num_threads=nt, schedule='static'):
             note_threads(nt)
-            group_forward(px + r * D, po + r * D, D, r, G, K, eps, w, b, mean + r,
-                          var + r, invstd + r, stream)
+            groups_item(px, po, R, D, i, G, K, eps, w, b, mean, var, invstd, stream)
 
 
 def groups_forward(const storage[:, ::1] x, storage[:, ::1] out, int64_t G,

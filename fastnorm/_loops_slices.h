@@ -270,14 +270,168 @@ static inline void fn_rowsbwd_##SUF(const S *x, const S *dy, S *dx, int64_t D,\
     }                                                                         \
 }
 
+/* --- statistics of 8 short rows side by side ---------------------------
+ * fn_rows8_SUF(x, n, eps, rms, mean, var, invstd): the statistics of the 8
+ * rows x[r * n : (r + 1) * n], n < FN_SBLOCK, as short_statistics gives them
+ * (_kernels_slices.pxi), bit for bit: per row the additions of fn_sum and
+ * fn_dev's float64 rest loops (an 8-lane accumulator over the row, lane k
+ * summing elements 8i + k, combined as fn_hsum(lo + hi), then the tail one
+ * by one), then run_close, merge_piece into an empty total, finish_moments.
+ * The rows' accumulators run side by side, then are transposed so that every
+ * later step is one vector operation with a row in each lane (the divisions
+ * and square root of 8 rows at once).  Returns 0, doing nothing, where it
+ * does not apply (n >= FN_SBLOCK, float64 storage: the caller's loop). */
+typedef int64_t fn_v8l __attribute__((vector_size(64)));
+
+static inline fn_v8d fn_splat8d(double c) { return (fn_v8d){c, c, c, c, c, c, c, c}; }
+static inline fn_v8d fn_sel8d(fn_v8l m, fn_v8d a, fn_v8d b)
+{
+    return (fn_v8d)(((fn_v8l)a & m) | ((fn_v8l)b & ~m));
+}
+static inline fn_v8d fn_sqrt8d(fn_v8d v)
+{
+#if defined(__AVX512F__)
+    return (fn_v8d)_mm512_sqrt_pd((__m512d)v);
+#else
+    for (int k = 0; k < 8; k++) v[k] = __builtin_sqrt(v[k]);
+    return v;
+#endif
+}
+/* t[k][r] = a[r][k]: 8 rows of 8 lanes to 8 lanes of 8 rows (three rounds
+ * of shuffles: pairs of lanes, then of pairs, then halves) */
+static inline __attribute__((always_inline)) void fn_transpose8d(const fn_v8d *a, fn_v8d *t)
+{
+#if __has_builtin(__builtin_shufflevector)
+#define FN_SH(x, y, ...) __builtin_shufflevector(x, y, __VA_ARGS__)
+    fn_v8d p[4], q[4], c[8];
+    for (int i = 0; i < 4; i++) {
+        p[i] = FN_SH(a[2 * i], a[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14);
+        q[i] = FN_SH(a[2 * i], a[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+    }
+    /* c[h * 4 + j]: rows 4h..4h+3 of lanes j and j + 4, j = 0, 2, 1, 3 */
+    for (int h = 0; h < 2; h++) {
+        c[h * 4 + 0] = FN_SH(p[2 * h], p[2 * h + 1], 0, 1, 8, 9, 4, 5, 12, 13);
+        c[h * 4 + 1] = FN_SH(p[2 * h], p[2 * h + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+        c[h * 4 + 2] = FN_SH(q[2 * h], q[2 * h + 1], 0, 1, 8, 9, 4, 5, 12, 13);
+        c[h * 4 + 3] = FN_SH(q[2 * h], q[2 * h + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    static const int lane[4] = {0, 2, 1, 3};
+    for (int j = 0; j < 4; j++) {
+        t[lane[j]] = FN_SH(c[j], c[4 + j], 0, 1, 2, 3, 8, 9, 10, 11);
+        t[lane[j] + 4] = FN_SH(c[j], c[4 + j], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+#undef FN_SH
+#else
+    for (int k = 0; k < 8; k++)
+        t[k] = (fn_v8d){a[0][k], a[1][k], a[2][k], a[3][k],
+                        a[4][k], a[5][k], a[6][k], a[7][k]};
+#endif
+}
+/* per row, fn_hsum(lo + hi) of its 8-lane accumulator, a row per lane */
+static inline __attribute__((always_inline)) fn_v8d fn_hsum_rows8(const fn_v8d *acc)
+{
+    fn_v8d t[8];
+    fn_transpose8d(acc, t);
+    return ((t[0] + t[4]) + (t[2] + t[6])) + ((t[1] + t[5]) + (t[3] + t[7]));
+}
+
+#define FN_ROWS8_float(S, SUF)                                                \
+static inline int fn_rows8_##SUF(const S *x, int64_t n, double eps, int rms,  \
+                                 double *mean, double *var, double *invstd)   \
+{                                                                             \
+    if (n >= FN_SBLOCK) return 0;                                             \
+    int64_t q = n & ~(int64_t)7, i, j;                                        \
+    fn_v8d acc[8], a8[8], b8[8], zero = fn_splat8d(0.0), cnt = fn_splat8d((double)n);\
+    fn_v8d t = zero, ta = zero, tb = zero;                                    \
+    _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) acc[r] = zero;                                \
+    for (i = 0; i < q; i += 8)                                                \
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                                           \
+            acc[r] += fn_cvt8d(fn_ld8f_##SUF(x + r * n + i));                 \
+    for (j = q; j < n; j++) {                                                 \
+        fn_v8d c;                                                             \
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) c[r] = (double)fn_ld_##SUF(x[r * n + j]); \
+        t += c;                                                               \
+    }                                                                         \
+    fn_v8d s = fn_hsum_rows8(acc) + t;                                        \
+    /* run_centre: the mean rounded to float */                               \
+    fn_v8d m = __builtin_convertvector(__builtin_convertvector(s / cnt, fn_v8f),\
+                                       fn_v8d);                               \
+    /* the second pass runs from cache: ask for the next 8 rows (the next    \
+     * block of a thread walking memory) for the first pass over them */      \
+    for (i = 0; i < 8 * n; i += 64 / (int64_t)sizeof(S))                      \
+        __builtin_prefetch(x + 8 * n + i, 0, 3);                              \
+    _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) {                     \
+        a8[r] = zero;                                                         \
+        b8[r] = zero;                                                         \
+    }                                                                         \
+    for (i = 0; i < q; i += 8)                                                \
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) {                                         \
+            fn_v8d d = fn_cvt8d(fn_ld8f_##SUF(x + r * n + i)) - fn_splat8d(m[r]);\
+            a8[r] += d;                                                       \
+            b8[r] += d * d;                                                   \
+        }                                                                     \
+    for (j = q; j < n; j++) {                                                 \
+        fn_v8d d;                                                             \
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) d[r] = (double)fn_ld_##SUF(x[r * n + j]); \
+        d = d - m;                                                            \
+        ta += d;                                                              \
+        tb += d * d;                                                          \
+    }                                                                         \
+    /* sd, sdd: 0.0 + each row's total, as fn_dev adds to zeroed sums */      \
+    fn_v8d sd = zero + (fn_hsum_rows8(a8) + ta);                              \
+    fn_v8d sdd = zero + (fn_hsum_rows8(b8) + tb);                             \
+    /* run_close */                                                           \
+    fn_v8d pm = fn_sel8d((m - m) == zero, m + sd / cnt, m);                   \
+    sdd = sdd - sd * sd / cnt;                                                \
+    fn_v8d pm2 = fn_sel8d(sdd < zero, zero, sdd);                             \
+    /* merge_piece into an empty total (cnt 0, mu 0, m2 0): nb / tot is 1 and \
+     * cnt * nb / tot is 0, exactly; both branches of mu give 0 + pm */       \
+    fn_v8d mu = zero + pm;                                                    \
+    fn_v8d m2 = (zero + pm2) + pm * pm * zero;                                \
+    /* finish_moments */                                                      \
+    fn_v8d v = fn_sel8d(m2 < zero, zero, m2) / cnt;                           \
+    fn_v8d e = fn_splat8d(eps), one = fn_splat8d(1.0), ms;                    \
+    if (rms) {                                                                \
+        ms = v + mu * mu;                                                     \
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                                           \
+            if (!__builtin_isfinite(ms[r])) {                                 \
+                double a = 0.0;                                               \
+                for (j = 0; j < n; j++)                                       \
+                    a = a + (double)fn_ld_##SUF(x[r * n + j])                 \
+                            * (double)fn_ld_##SUF(x[r * n + j]);              \
+                ms[r] = a / (double)n;                                        \
+            }                                                                 \
+    } else {                                                                  \
+        ms = v;                                                               \
+    }                                                                         \
+    fn_v8d inv = one / fn_sqrt8d(ms + e);                                     \
+    for (int r = 0; r < 8; r++) {                                             \
+        mean[r] = rms ? 0.0 : mu[r];                                          \
+        var[r] = v[r];                                                        \
+        invstd[r] = inv[r];                                                   \
+    }                                                                         \
+    return 1;                                                                 \
+}
+#define FN_ROWS8_double(S, SUF)                                               \
+static inline int fn_rows8_##SUF(const S *x, int64_t n, double eps, int rms,  \
+                                 double *mean, double *var, double *invstd)   \
+{                                                                             \
+    (void)x; (void)n; (void)eps; (void)rms; (void)mean; (void)var;            \
+    (void)invstd;                                                             \
+    return 0;                                                                 \
+}
+
 #define FN_INST_SLICES(a, S, SUF, T) \
-    FN_LAYER_##T(S, SUF) FN_LNSUMS(S, SUF, T) FN_ROWSBWD_##T(S, SUF)
+    FN_LAYER_##T(S, SUF) FN_LNSUMS(S, SUF, T) FN_ROWSBWD_##T(S, SUF) \
+    FN_ROWS8_##T(S, SUF)
 FN_STORAGE_TYPES(FN_INST_SLICES, _)
 
 #define fn_lnaff(x, y, n, c, s, t, w, b) FN_PICK(fn_lnaff, x)(x, y, n, c, s, t, w, b)
 #define fn_lnbwd(x, dy, dx, n, w, c, a, q, k) FN_PICK(fn_lnbwd, x)(x, dy, dx, n, w, c, a, q, k)
 #define fn_lnsums(x, dy, w, n, m, inv, A, B, c1, c2) \
     FN_PICK(fn_lnsums, x)(x, dy, w, n, m, inv, A, B, c1, c2)
+#define fn_rows8(x, n, eps, rms, mean, var, invstd) \
+    FN_PICK(fn_rows8, x)(x, n, eps, rms, mean, var, invstd)
 #define fn_rows_scratch(tag, D) FN_PICK(fn_rows_scratch, tag)(tag, D)
 #define fn_rowsbwd(x, dy, dx, D, r0, r1, rms, w, mean, invstd, unit, scratch, c1, c2) \
     FN_PICK(fn_rowsbwd, x)(x, dy, dx, D, r0, r1, rms, w, mean, invstd, unit, scratch, c1, c2)

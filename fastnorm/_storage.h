@@ -100,7 +100,14 @@ static inline fn_v8d fn_cat8d(fn_v4d lo, fn_v4d hi)
 }
 static inline fn_v4d fn_lo8d(fn_v8d v) { return (fn_v4d){v[0], v[1], v[2], v[3]}; }
 static inline fn_v4d fn_hi8d(fn_v8d v) { return (fn_v4d){v[4], v[5], v[6], v[7]}; }
-static inline fn_v8d fn_cvt8d(fn_v8f v) { return __builtin_convertvector(v, fn_v8d); }
+static inline fn_v8d fn_cvt8d(fn_v8f v)
+{
+#if defined(__AVX512F__)
+    return (fn_v8d)_mm512_cvtps_pd((__m256)v);    /* GCC 12: two halves otherwise */
+#else
+    return __builtin_convertvector(v, fn_v8d);
+#endif
+}
 
 static inline void fn_flush8(fn_v8f v, fn_v4d *lo, fn_v4d *hi)
 {

@@ -81,3 +81,68 @@ def test_one_pass_and_two_pass_kernels_agree(make, shape, dtype, rng, monkeypatc
     np.testing.assert_allclose(y1, y2, rtol=tol, atol=tol)
     np.testing.assert_allclose(dx1, dx2, rtol=10 * tol, atol=10 * tol)
     np.testing.assert_allclose(gw1, gw2, rtol=10 * tol, atol=10 * tol)
+
+
+def _storage_dtypes():
+    out = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)]
+    try:
+        import ml_dtypes
+        out.append(np.dtype(ml_dtypes.bfloat16))
+    except ImportError:
+        pass
+    return out
+
+
+def _short_slices(R, D, dtype, rng):
+    """R slices of D values: ordinary rows, and rows of special values at
+    random positions (NaN, infinities, values near the float32 range, -0.0,
+    constants, a large offset)."""
+    x = rng.normal(size=(R, D)) * 3 + 1
+    big = 3e38 if dtype.itemsize >= 4 else (6e4 if dtype == np.float16 else 3e38)
+    special = [
+        np.full(D, -0.0), np.full(D, 2.5), rng.normal(size=D) * 1e-3 + 1e4,
+        np.where(rng.random(D) < 0.5, big, -big), np.full(D, big),
+        np.r_[np.nan, rng.normal(size=D - 1)], np.r_[rng.normal(size=D - 1), np.inf],
+        np.r_[-np.inf, np.inf, rng.normal(size=D - 2)] if D > 1 else np.array([-np.inf]),
+    ]
+    for i, row in zip(rng.permutation(R)[:len(special)], special):
+        x[i] = row[:D]
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", _storage_dtypes(), ids=str)
+@pytest.mark.parametrize("D", [1, 2, 7, 8, 9, 16, 31, 33, 64, 96, 127, 128, 129, 200, 256, 257])
+def test_short_slices_side_by_side_keep_each_slices_bits(dtype, D, rng):
+    """Short slices take their statistics 8 at a time (short_statistics, and
+    fn_rows8 with a slice per vector lane); each slice must get the bits it
+    gets alone and those of slice_stats, which takes one slice at a time:
+    LayerNorm, RMSNorm and GroupNorm/InstanceNorm slices, special values
+    included, and a last block of fewer than 8."""
+    from fastnorm._dtypes import kernel_view as kv
+    from fastnorm._native import kernels as k
+
+    R = 21
+    x = _short_slices(R, D, dtype, rng)
+    eps = 1e-5
+    for rms in (False, True):
+        ref = [np.empty(R) for _ in range(3)]
+        k.slice_stats(kv(x), eps, rms, *ref)
+        got = [np.empty(R) for _ in range(3)]
+        y = np.empty_like(x)
+        k.rows_forward(kv(x), kv(y), eps, rms, None, None, *got)
+        for a, b in zip(ref, got):
+            assert a.tobytes() == b.tobytes(), (rms, a, b)
+        for i in range(R):                              # one row alone: the same bits
+            one = [np.empty(1) for _ in range(3)]
+            yi = np.empty_like(x[i:i + 1])
+            k.rows_forward(kv(x[i:i + 1]), kv(yi), eps, rms, None, None, *one)
+            assert [o.tobytes() for o in one] == [g[i:i + 1].tobytes() for g in got]
+            assert yi.tobytes() == y[i:i + 1].tobytes()
+    # groups: slice i is group i % G of a sample (here G = R, one plane each)
+    got = [np.empty(R) for _ in range(3)]
+    y = np.empty_like(x)
+    k.groups_forward(kv(x), kv(y), R, 1, eps, None, None, *got)
+    ref = [np.empty(R) for _ in range(3)]
+    k.slice_stats(kv(x), eps, False, *ref)
+    for a, b in zip(ref, got):
+        assert a.tobytes() == b.tobytes()
