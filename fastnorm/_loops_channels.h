@@ -15,6 +15,76 @@
 #define FASTNORM_LOOPS_CHANNELS_H
 #include "_storage.h"
 
+/* The float64 rest loops of the float-compute statistics, 8 values a step:
+ * the same lanes and additions in either form.  With AVX-512 the two
+ * 4-double accumulators are one 8-double register ([lo | hi]: one widening
+ * per step); elsewhere they stay two (GCC 12 keeps an 8-double vector that
+ * spans two registers in memory). */
+#if defined(__AVX512F__)
+#define FN_SUM_REST(SUF)                                                      \
+    {                                                                         \
+        fn_v8d acc = fn_cat8d(lo, hi);                                        \
+        for (; i + 8 <= n; i += 8)                                            \
+            acc += fn_cvt8d(fn_ld8f_##SUF(x + i));                            \
+        lo = fn_lo8d(acc);                                                    \
+        hi = fn_hi8d(acc);                                                    \
+    }
+#define FN_DEV_REST(SUF)                                                      \
+    {                                                                         \
+        fn_v8d m8 = {md, md, md, md, md, md, md, md};                         \
+        fn_v8d a8 = fn_cat8d(alo, ahi), b8 = fn_cat8d(blo, bhi);              \
+        for (; i + 8 <= n; i += 8) {                                          \
+            fn_v8d d = fn_cvt8d(fn_ld8f_##SUF(x + i)) - m8;                   \
+            a8 += d;                                                          \
+            b8 += d * d;                                                      \
+        }                                                                     \
+        alo = fn_lo8d(a8);                                                    \
+        ahi = fn_hi8d(a8);                                                    \
+        blo = fn_lo8d(b8);                                                    \
+        bhi = fn_hi8d(b8);                                                    \
+    }
+#define FN_DOT_REST(SUF)                                                      \
+    {                                                                         \
+        fn_v8d m8 = {md, md, md, md, md, md, md, md}, ga = {0}, gb = {0};     \
+        for (; i + 8 <= n; i += 8) {                                          \
+            fn_v8d g = fn_cvt8d(fn_ld8f_##SUF(dy + i));                       \
+            ga += g;                                                          \
+            gb += g * (fn_cvt8d(fn_ld8f_##SUF(x + i)) - m8);                  \
+        }                                                                     \
+        a0 = fn_lo8d(ga);                                                     \
+        a1 = fn_hi8d(ga);                                                     \
+        b0 = fn_lo8d(gb);                                                     \
+        b1 = fn_hi8d(gb);                                                     \
+    }
+#else
+#define FN_SUM_REST(SUF)                                                      \
+    for (; i + 8 <= n; i += 8)                                                \
+        fn_flush8(fn_ld8f_##SUF(x + i), &lo, &hi);
+#define FN_DEV_REST(SUF)                                                      \
+    {                                                                         \
+        fn_v4d m4 = {md, md, md, md};                                         \
+        for (; i + 8 <= n; i += 8) {                                          \
+            fn_v4d d0 = fn_ld4d_##SUF(x + i) - m4;                            \
+            fn_v4d d1 = fn_ld4d_##SUF(x + i + 4) - m4;                        \
+            alo += d0;                                                        \
+            ahi += d1;                                                        \
+            blo += d0 * d0;                                                   \
+            bhi += d1 * d1;                                                   \
+        }                                                                     \
+    }
+#define FN_DOT_REST(SUF)                                                      \
+    {                                                                         \
+        fn_v4d m4 = {md, md, md, md};                                         \
+        for (; i + 8 <= n; i += 8) {                                          \
+            fn_v4d g0 = fn_ld4d_##SUF(dy + i), g1 = fn_ld4d_##SUF(dy + i + 4);\
+            a0 += g0;                                                         \
+            a1 += g1;                                                         \
+            b0 += g0 * (fn_ld4d_##SUF(x + i) - m4);                           \
+            b1 += g1 * (fn_ld4d_##SUF(x + i + 4) - m4);                       \
+        }                                                                     \
+    }
+#endif
+
 /* --- statistics, float compute --------------------------------------- */
 #define FN_STATS_float(S, SUF)                                                \
 /* sum of x[0:n] in float64, float32 blocks */                               \
@@ -32,11 +102,9 @@ static inline double fn_sum_##SUF(const S *x, int64_t n)                      \
     }                                                                         \
     /* the rest (a short run, or the end of a long one): 8 values at a time,  \
      * widened to float64 exactly and added in float64 lanes, then one by one */\
-    fn_v8d acc = fn_cat8d(lo, hi);                                            \
-    for (; i + 8 <= n; i += 8)                                                \
-        acc += fn_cvt8d(fn_ld8f_##SUF(x + i));                               \
+    FN_SUM_REST(SUF)                                                          \
     for (; i < n; i++) t += (double)fn_ld_##SUF(x[i]);                        \
-    double total = fn_hsum(fn_lo8d(acc) + fn_hi8d(acc)) + t;                  \
+    double total = fn_hsum(lo + hi) + t;                                      \
     if (!__builtin_isfinite(total)) {                                         \
         fn_v4d r0 = {0}, r1 = {0};                                            \
         t = 0.0;                                                              \
@@ -78,20 +146,13 @@ static inline void fn_dev_##SUF(const S *x, int64_t n, double m_,            \
     /* the rest (a short run, or the end of a long one): the scalar loop's    \
      * float64 arithmetic, 8 values at a time in float64 lanes */             \
     double md = (double)m;                                                    \
-    fn_v8d m8 = {md, md, md, md, md, md, md, md};                             \
-    fn_v8d a8 = fn_cat8d(alo, ahi), b8 = fn_cat8d(blo, bhi);                  \
-    for (; i + 8 <= n; i += 8) {                                              \
-        fn_v8d d = fn_cvt8d(fn_ld8f_##SUF(x + i)) - m8;                      \
-        a8 += d;                                                              \
-        b8 += d * d;                                                          \
-    }                                                                         \
+    FN_DEV_REST(SUF)                                                          \
     for (; i < n; i++) {                                                      \
         double d = (double)fn_ld_##SUF(x[i]) - md;                            \
         ta += d;                                                              \
         tb += d * d;                                                          \
     }                                                                         \
-    double a = fn_hsum(fn_lo8d(a8) + fn_hi8d(a8)) + ta;                       \
-    double b = fn_hsum(fn_lo8d(b8) + fn_hi8d(b8)) + tb;                       \
+    double a = fn_hsum(alo + ahi) + ta, b = fn_hsum(blo + bhi) + tb;          \
     if (!__builtin_isfinite(a) || !__builtin_isfinite(b)) {                   \
         fn_v4d mm = {m, m, m, m}, a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};     \
         ta = tb = 0.0;                                                        \
@@ -149,14 +210,10 @@ static inline void fn_dot_##SUF(const S *x, const S *dy, int64_t n,          \
      * float64 lanes, then one by one */                                      \
     {                                                                         \
         double md = (double)mf;                                               \
-        fn_v8d m8 = {md, md, md, md, md, md, md, md}, a8 = {0}, b8 = {0};     \
-        for (; i + 8 <= n; i += 8) {                                          \
-            fn_v8d g = fn_cvt8d(fn_ld8f_##SUF(dy + i));                      \
-            a8 += g;                                                          \
-            b8 += g * (fn_cvt8d(fn_ld8f_##SUF(x + i)) - m8);                 \
-        }                                                                     \
-        ta += fn_hsum(fn_lo8d(a8) + fn_hi8d(a8));                             \
-        tb += fn_hsum(fn_lo8d(b8) + fn_hi8d(b8));                             \
+        fn_v4d a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};                        \
+        FN_DOT_REST(SUF)                                                      \
+        ta += fn_hsum(a0 + a1);                                               \
+        tb += fn_hsum(b0 + b1);                                               \
     }                                                                         \
     for (; i < n; i++) {                                                      \
         double g = (double)fn_ld_##SUF(dy[i]);                                \

@@ -282,6 +282,13 @@ static inline void fn_rowsbwd_##SUF(const S *x, const S *dy, S *dx, int64_t D,\
  * and square root of 8 rows at once).  Returns 0, doing nothing, where it
  * does not apply (n >= FN_SBLOCK, float64 storage: the caller's loop). */
 typedef int64_t fn_v8l __attribute__((vector_size(64)));
+/* 8-double vectors stay in registers only with AVX-512 (elsewhere GCC 12
+ * keeps them in memory): the other copies take short_statistics' loop */
+#if defined(__AVX512F__)
+#define FN_ROWS8_FAST 1
+#else
+#define FN_ROWS8_FAST 0
+#endif
 
 static inline fn_v8d fn_splat8d(double c) { return (fn_v8d){c, c, c, c, c, c, c, c}; }
 static inline fn_v8d fn_sel8d(fn_v8l m, fn_v8d a, fn_v8d b)
@@ -339,7 +346,7 @@ static inline __attribute__((always_inline)) fn_v8d fn_hsum_rows8(const fn_v8d *
 static inline int fn_rows8_##SUF(const S *x, int64_t n, double eps, int rms,  \
                                  double *mean, double *var, double *invstd)   \
 {                                                                             \
-    if (n >= FN_SBLOCK) return 0;                                             \
+    if (n >= FN_SBLOCK || !FN_ROWS8_FAST) return 0;                           \
     int64_t q = n & ~(int64_t)7, i, j;                                        \
     fn_v8d acc[8], a8[8], b8[8], zero = fn_splat8d(0.0), cnt = fn_splat8d((double)n);\
     fn_v8d t = zero, ta = zero, tb = zero;                                    \

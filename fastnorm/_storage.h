@@ -94,12 +94,23 @@ static inline double fn_hsum8(fn_v8f v)
  * same lanes and the same additions (one 512-bit register in the AVX-512
  * copy, so 8 floats widen with one conversion instead of two and a shuffle). */
 typedef double fn_v8d __attribute__((vector_size(64)));
+#if __has_builtin(__builtin_shufflevector)
+/* shuffles, not lane-by-lane constructors (which GCC 12 builds through
+ * memory where a vector spans two registers) */
+static inline fn_v8d fn_cat8d(fn_v4d lo, fn_v4d hi)
+{
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+static inline fn_v4d fn_lo8d(fn_v8d v) { return __builtin_shufflevector(v, v, 0, 1, 2, 3); }
+static inline fn_v4d fn_hi8d(fn_v8d v) { return __builtin_shufflevector(v, v, 4, 5, 6, 7); }
+#else
 static inline fn_v8d fn_cat8d(fn_v4d lo, fn_v4d hi)
 {
     return (fn_v8d){lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]};
 }
 static inline fn_v4d fn_lo8d(fn_v8d v) { return (fn_v4d){v[0], v[1], v[2], v[3]}; }
 static inline fn_v4d fn_hi8d(fn_v8d v) { return (fn_v4d){v[4], v[5], v[6], v[7]}; }
+#endif
 static inline fn_v8d fn_cvt8d(fn_v8f v)
 {
 #if defined(__AVX512F__)
