@@ -254,6 +254,15 @@ cdef struct Merge:
     double cnt, mu, m2
 
 
+cdef inline Merge merge_empty() noexcept nogil:
+    """No values yet."""
+    cdef Merge a
+    a.cnt = 0.0
+    a.mu = 0.0
+    a.m2 = 0.0
+    return a
+
+
 cdef inline Merge merge_piece(Merge a, double pm, double pm2, int64_t n) noexcept nogil:
     """a with a piece of n values of mean pm and M2 pm2 merged in (Chan)."""
     cdef double nb = <double>n, tot = a.cnt + nb, d = pm - a.mu
@@ -296,12 +305,9 @@ cdef inline Moments slice_statistics(const storage *p, int64_t D, double eps,
     Returned by value: inside prange, a variable is private to the thread
     only when the loop assigns it; one written through its address is
     shared by the team."""
-    cdef Merge a
+    cdef Merge a = merge_empty()
     cdef int64_t j0 = 0, ln
     cdef double pm, pm2
-    a.cnt = 0.0
-    a.mu = 0.0
-    a.m2 = 0.0
     while j0 < D:
         ln = D - j0
         if ln > UNIT:
@@ -338,10 +344,7 @@ cdef inline void short_statistics(const storage *p, int64_t D, int64_t nr, doubl
         fn_dev(p + r * D, D, m[r], &sd[r], &sdd[r])
     for r in range(nr):
         run_close(m[r], sd[r], sdd[r], D, &pm, &pm2)
-        a.cnt = 0.0
-        a.mu = 0.0
-        a.m2 = 0.0
-        a = merge_piece(a, pm, pm2, D)
+        a = merge_piece(merge_empty(), pm, pm2, D)
         mo = finish_moments(a, p + r * D, D, eps, rms)
         mean[r] = 0.0 if rms else mo.mean
         var[r] = mo.var
@@ -400,14 +403,15 @@ cdef inline void row_normalise(const storage *x, storage *y, int64_t D, double m
                                bint stream) noexcept nogil:
     """row_affine; with stream, TILE values at a time computed in L1 and
     written to y with streaming stores (same values)."""
-    cdef double c = 0.0 if rms else fn_centre(x, m)
-    cdef double t = (c - m) * inv
+    cdef double c, t
     cdef int64_t j, n
     cdef storage tile[TILE]
     cdef storage *tp = &tile[0]
     if not stream:
         row_affine(x, y, D, m, inv, rms, w, b)
         return
+    c = 0.0 if rms else fn_centre(x, m)
+    t = (c - m) * inv
     j = 0
     while j < D:
         n = D - j if D - j < TILE else TILE
@@ -579,12 +583,10 @@ cdef inline void group_normalise(const storage *x, storage *y, int64_t D,
             continue
         j = 0
         while j < L:
-            n = L - j if not stream or L - j < TILE else TILE
-            if stream:
-                prefetch_run(x + D + k * L + j, n)
-            fn_affine(x + k * L + j, tp if stream else y + k * L + j, n, c, s, t)
-            if stream:
-                fn_stream(y + k * L + j, tp, n)
+            n = L - j if L - j < TILE else TILE
+            prefetch_run(x + D + k * L + j, n)
+            fn_affine(x + k * L + j, tp, n, c, s, t)
+            fn_stream(y + k * L + j, tp, n)
             j += n
     if stream:
         fn_stream_fence()
