@@ -99,6 +99,9 @@ cdef enum:
     TILE = 1024         # elements of an output tile computed in L1, then streamed
     STREAM_BYTES = 64 << 20  # default: outputs this large use streaming stores
     LAYER_ROWS = 64     # row backward: rows per block of column partials
+    ROW_PF_BYTES = 4 << 20  # row backward: x and dy this large come from memory,
+    ROW_PF_D = 512      # and rows this long prefetch the next one (shorter
+                        # ones gained nothing: the hardware keeps up)
     SHORT_ROWS = 8      # short slices whose statistics are taken side by side:
     SHORT_D = 256       # those of at most this many elements (longer ones are
                         # bound by memory, and 8 of them would leave L1)

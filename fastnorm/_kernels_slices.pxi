@@ -41,7 +41,7 @@ cdef extern from "_loops_slices.h" nogil:
     void fn_rowsbwd(const void *x, const void *dy, void *dx, int64_t D, int64_t r0,
                     int64_t r1, int rms, const void *w, const double *mean,
                     const double *invstd, int64_t unit, void *scratch, double *c1,
-                    double *c2)
+                    double *c2, int pf)
 
 
 cdef inline const void *wofs(const storage *x, const void *w, int64_t j) noexcept nogil:
@@ -515,6 +515,8 @@ def rows_backward(const storage[:, ::1] x, const storage[:, ::1] dy,
     cdef int64_t nb = (R + LAYER_ROWS - 1) // LAYER_ROWS
     cdef int64_t need = fn_rows_scratch(&x[0, 0], D)
     cdef int nt = threads_for(2 * R * D, nb)
+    # rows from memory, long enough for their next one to be worth asking for
+    cdef int pf = D >= ROW_PF_D and 2 * R * D * sizeof(storage) >= ROW_PF_BYTES
     cdef const storage *px = &x[0, 0]
     cdef const storage *pg = &dy[0, 0]
     cdef storage *po = &dx[0, 0]
@@ -540,7 +542,8 @@ def rows_backward(const storage[:, ::1] x, const storage[:, ::1] dy,
                     if r1 > R:
                         r1 = R
                     fn_rowsbwd(px, pg, po, D, i * LAYER_ROWS, r1, rms, w, &mean[0],
-                               &invstd[0], UNIT, scratch, cs + i * D, cs + (nb + i) * D)
+                               &invstd[0], UNIT, scratch, cs + i * D, cs + (nb + i) * D,
+                               pf)
             free(scratch)
     if failed:
         free(cs)

@@ -131,11 +131,13 @@ static inline void fn_lnsums_##SUF(const S *x, const S *dy, const void *w_,   \
  *   c1[j] += dy, c2[j] += dy * xh          float32 column sums of the caller's
  *                                          block of rows
  *   dx = inv * w * dy - (inv * B / n) * xh - inv * A / n
- * (RMSNorm, rms != 0: m = 0 and no A term). */
+ * (RMSNorm, rms != 0: m = 0 and no A term).  pf: prefetch x[n:2n] and
+ * dy[n:2n] during the dx pass. */
 #define FN_LNROW_float(S, SUF)                                                \
 static inline void fn_lnrow_##SUF(const S *x, const S *dy, S *dx,             \
                                   const float *w, int64_t n, double m,        \
-                                  double inv, int rms, float *c1, float *c2)  \
+                                  double inv, int rms, float *c1, float *c2,  \
+                                  int pf)                                     \
 {                                                                             \
     float mf = (float)m, df = (float)(m - (double)mf), iv = (float)inv;       \
     fn_vf mv = fn_vsplat(mf), dv = fn_vsplat(df), ivv = fn_vsplat(iv);        \
@@ -182,6 +184,11 @@ static inline void fn_lnrow_##SUF(const S *x, const S *dy, S *dx,             \
     fn_vf qv = fn_vsplat(q), kv = fn_vsplat(k);                               \
     int64_t j = 0;                                                            \
     for (; j + FN_VL <= n; j += FN_VL) {                                      \
+        if (pf) {                                                             \
+            /* this pass runs from L1: fetch the next row's x and dy */       \
+            __builtin_prefetch(x + n + j, 0, 3);                              \
+            __builtin_prefetch(dy + n + j, 0, 3);                             \
+        }                                                                     \
         fn_vf xh = ((fn_ldv_##SUF(x + j) - mv) - dv) * ivv;                   \
         fn_stv_##SUF(dx + j, ivv * fn_vload(w + j) * fn_ldv_##SUF(dy + j)     \
                      - qv * xh - kv);                                         \
@@ -193,7 +200,9 @@ static inline void fn_lnrow_##SUF(const S *x, const S *dy, S *dx,             \
 }
 
 /* Rows [r0, r1) of the fused row backward (see above); c1, c2: this block's
- * float64 column partials, D each, zero on entry. */
+ * float64 column partials, D each, zero on entry.  pf: the rows come from
+ * memory; each row's second pass (from L1) asks for the next row's x and dy
+ * (float compute; the same values either way). */
 #define FN_ROWSBWD_float(S, SUF)                                              \
 FN_LNROW_float(S, SUF)                                                        \
 static inline int64_t fn_rows_scratch_##SUF(const S *tag, int64_t D)          \
@@ -205,7 +214,8 @@ static inline void fn_rowsbwd_##SUF(const S *x, const S *dy, S *dx, int64_t D,\
                                     int64_t r0, int64_t r1, int rms,          \
                                     const void *w, const double *mean,        \
                                     const double *invstd, int64_t unit,       \
-                                    void *scratch, double *c1, double *c2)    \
+                                    void *scratch, double *c1, double *c2,    \
+                                    int pf)                                   \
 {                                                                             \
     float *f1 = (float *)scratch, *f2 = f1 + D + 16;                          \
     (void)unit;                                                               \
@@ -213,7 +223,7 @@ static inline void fn_rowsbwd_##SUF(const S *x, const S *dy, S *dx, int64_t D,\
     memset(f2, 0, (size_t)D * sizeof(float));                                 \
     for (int64_t r = r0; r < r1; r++)                                         \
         fn_lnrow_##SUF(x + r * D, dy + r * D, dx + r * D, (const float *)w, D,\
-                       mean[r], invstd[r], rms, f1, f2);                      \
+                       mean[r], invstd[r], rms, f1, f2, pf);                  \
     for (int64_t d = 0; d < D; d++) {                                         \
         double s1 = (double)f1[d], s2 = (double)f2[d];                        \
         if (!(__builtin_isfinite(s1) && __builtin_isfinite(s2))) {            \
@@ -242,10 +252,12 @@ static inline void fn_rowsbwd_##SUF(const S *x, const S *dy, S *dx, int64_t D,\
                                     int64_t r0, int64_t r1, int rms,          \
                                     const void *w_, const double *mean,       \
                                     const double *invstd, int64_t unit,       \
-                                    void *scratch, double *c1, double *c2)    \
+                                    void *scratch, double *c1, double *c2,    \
+                                    int pf)                                   \
 {                                                                             \
     const double *w = (const double *)w_;                                     \
     (void)scratch;                                                            \
+    (void)pf;                                                                 \
     for (int64_t r = r0; r < r1; r++) {                                       \
         const S *xr = x + r * D, *gr = dy + r * D;                            \
         double m = mean[r], inv = invstd[r], A = 0.0, B = 0.0, q, c, k;       \
@@ -440,6 +452,7 @@ FN_STORAGE_TYPES(FN_INST_SLICES, _)
 #define fn_rows8(x, n, eps, rms, mean, var, invstd) \
     FN_PICK(fn_rows8, x)(x, n, eps, rms, mean, var, invstd)
 #define fn_rows_scratch(tag, D) FN_PICK(fn_rows_scratch, tag)(tag, D)
-#define fn_rowsbwd(x, dy, dx, D, r0, r1, rms, w, mean, invstd, unit, scratch, c1, c2) \
-    FN_PICK(fn_rowsbwd, x)(x, dy, dx, D, r0, r1, rms, w, mean, invstd, unit, scratch, c1, c2)
+#define fn_rowsbwd(x, dy, dx, D, r0, r1, rms, w, mean, invstd, unit, scratch, c1, c2, pf) \
+    FN_PICK(fn_rowsbwd, x)(x, dy, dx, D, r0, r1, rms, w, mean, invstd, unit, scratch, c1, \
+                           c2, pf)
 #endif

@@ -217,3 +217,31 @@ def test_float32_column_sums_that_overflow_are_redone_in_float64(rng):
     np.testing.assert_allclose(layer.bias_grad, edb, rtol=1e-6)
     assert np.isfinite(layer.weight_grad).all()
     np.testing.assert_allclose(layer.weight_grad, edw, rtol=1e-5, atol=1e-5 * np.abs(edw).max())
+
+
+@pytest.mark.parametrize("rms", [False, True], ids=["layer", "rms"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("D", [512, 515, 1031])
+def test_backward_of_rows_from_memory_keeps_each_rows_bits(rms, dtype, D, rng):
+    """Inputs whose x and dy reach ROW_PF_BYTES (4 MiB) take the row backward
+    that prefetches the next row (rows of at least 512): each row's input
+    gradient is that of the same row in a small call, bit for bit, the first
+    blocks and the last, partial one included."""
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    dt = np.dtype(dtype)
+    R = (4 << 20) // (2 * D * dt.itemsize) + 70
+    x = (rng.normal(size=(R, D)) * 2 + 3).astype(dt)
+    g = rng.normal(size=(R, D)).astype(dt)
+    w = rng.uniform(0.5, 2, D).astype(np.float32)
+    assert 2 * x.nbytes >= 4 << 20 > 2 * x[:70].nbytes
+
+    def dx(s):
+        if rms:
+            return F.rms_norm_backward(g[s], x[s], (D,), w)[0]
+        return F.layer_norm_backward(g[s], x[s], (D,), w, w)[0]
+
+    big = dx(slice(None))
+    for s in (slice(0, 70), slice(R - 70, R)):
+        np.testing.assert_array_equal(big[s].view(f"u{dt.itemsize}"),
+                                      dx(s).view(f"u{dt.itemsize}"))
