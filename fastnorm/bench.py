@@ -21,8 +21,10 @@ Methodology
 * Forward calls are timed as a user writes them, ``layer(x)``, which allocates
   its output; mode ``eval-out`` times ``layer(x, out=y)`` into a preallocated
   array (peers that cannot write into ``out`` show "-").  ``backward`` times
-  ``layer.backward(g)`` after one training forward (torch: ``autograd.grad``
-  on a retained graph).
+  ``layer.backward(g)`` after one training forward: the input gradient and,
+  for a layer with weight and bias, their gradients (torch: ``autograd.grad``
+  of the input and of the module's parameters on a retained graph, the same
+  work: asked for the input alone, torch skips the parameter gradients).
 * Threads: OpenMP threads for fastnorm via threadpoolctl, and
   ``torch.set_num_threads`` for torch, both set to the row's count.
 * GB/s is fastnorm's effective bandwidth under a byte model counting passes
@@ -108,14 +110,16 @@ class Bench:
 
 
 def _torch_callable(layer, x, g, mode):
-    """torch: the forward without autograd, or the input gradient of a
-    retained graph (backward)."""
+    """torch: the forward without autograd, or the gradients of a retained
+    graph (backward): the input's and the parameters', as fastnorm's
+    layer.backward computes both."""
     import torch
     x = _to_torch(x)
     if mode == "backward":
         x.requires_grad_(True)
         y = layer(x)
-        return partial(torch.autograd.grad, y, x, _to_torch(g), retain_graph=True)
+        wrt = (x,) + tuple(p for p in layer.parameters() if p.requires_grad)
+        return partial(torch.autograd.grad, y, wrt, _to_torch(g), retain_graph=True)
 
     def forward():
         with torch.no_grad():
