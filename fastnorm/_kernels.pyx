@@ -97,7 +97,8 @@ cdef enum:
     ROW_COLS = 512      # rows mode: elements of a row per unit (whole channels)
     MIN_WORK = 32768    # fewest elements worth giving to one more thread
     TILE = 1024         # elements of an output tile computed in L1, then streamed
-    STREAM_BYTES = 64 << 20  # default: outputs this large use streaming stores
+    STREAM_BYTES = 64 << 20  # default: outputs this large use streaming stores,
+    STREAM_SLICE = 4096 # when their slices are this long (bytes)
     LAYER_ROWS = 64     # row backward: rows per block of column partials
     ROW_PF_BYTES = 4 << 20  # row backward: x and dy this large come from memory,
     ROW_PF_D = 512      # and rows this long prefetch the next one (shorter

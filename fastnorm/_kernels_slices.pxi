@@ -16,8 +16,9 @@
 # next slice during the passes that run from cache.  A slice's statistics are
 # computed exactly as batch_stats computes those of a channel of a (1, R, D)
 # view: pieces of UNIT elements, Chan-merged in order; nothing depends on
-# which thread took the slice.  Outputs of g_stream_bytes or more are
-# computed in L1 tiles of TILE and written with streaming stores.
+# which thread took the slice.  Outputs of g_stream_bytes or more, in slices
+# of STREAM_SLICE bytes or more, are computed in L1 tiles of TILE and written
+# with streaming stores.
 #
 # Two passes.  Longer rows take the channel kernels' statistics on a (1, R, D)
 # view, parallel within the row, then the layer_* kernels here (pieces of
@@ -38,6 +39,12 @@ cdef extern from "_loops_slices.h" nogil:
     int fn_rows8(const void *x, int64_t n, double eps, int rms, double *mean,
                  double *var, double *invstd)
     int64_t fn_rows_scratch(const void *tag, int64_t D)
+    void fn_gnaff1(const void *x, void *y, int64_t K, double c, double m, double inv,
+                   const void *w, const void *b)
+    void fn_gnsums1(const void *x, const void *dy, int64_t K, double m, const void *w,
+                    double *s1, double *s2, double *A, double *B)
+    void fn_gnbwd1(const void *x, const void *dy, void *dx, int64_t K, double c,
+                   double inv, double q, double kk, const void *w)
     void fn_rowsbwd(const void *x, const void *dy, void *dx, int64_t D, int64_t r0,
                     int64_t r1, int rms, const void *w, const double *mean,
                     const double *invstd, int64_t unit, void *scratch, double *c1,
@@ -464,7 +471,7 @@ cdef void rows_run(const storage *px, storage *po, int64_t R, int64_t D, double 
     _kernels_fast.pxi): R * D > 0, w and b compute-type values or NULL."""
     cdef int64_t i, items = slice_items(R, D)
     cdef int nt = threads_for(R * D, items)
-    cdef bint stream = streams(po, px, R * D * sizeof(storage))
+    cdef bint stream = streams(po, px, R * D * sizeof(storage), D * sizeof(storage))
     if R * D <= MIN_WORK:
         # small call: no parallel region to enter (larger one-thread calls
         # keep the region: its outlined loop compiles to faster code)
@@ -569,12 +576,26 @@ cdef inline void group_normalise(const storage *x, storage *y, int64_t D,
                                  double inv, const void *w, const void *b,
                                  bint stream) noexcept nogil:
     """y = (x - m) * inv * weight[ch] + bias[ch] for each channel plane of
-    the slice, as (x - c) * s + t.  stream: as row_normalise."""
+    the slice, as (x - c) * s + t.  stream: as row_normalise.  Channel runs
+    of one value ((N, C) batches) take fn_gnaff1: the same loop, folded."""
     cdef double c = fn_centre(x, m)
     cdef double s, t
     cdef int64_t k, ch, L = D // K, j, n
+    cdef int64_t ch0 = (r % G) * K
     cdef storage tile[TILE]
     cdef storage *tp = &tile[0]
+    if L == 1:
+        j = 0
+        while j < K:
+            n = K - j if not stream else (K - j if K - j < TILE else TILE)
+            fn_gnaff1(x + j, tp if stream else y + j, n, c, m, inv, wofs(x, w, ch0 + j),
+                      wofs(x, b, ch0 + j))
+            if stream:
+                fn_stream(y + j, tp, n)
+            j += n
+        if stream:
+            fn_stream_fence()
+        return
     for k in range(K):
         ch = (r % G) * K + k
         s = inv * fn_wat(x, w, ch) if w != NULL else inv
@@ -626,7 +647,7 @@ cdef void groups_run(const storage *px, storage *po, int64_t R, int64_t D, int64
     _kernels_fast.pxi): R * D > 0, w and b compute-type values or NULL."""
     cdef int64_t i, items = slice_items(R, D)
     cdef int nt = threads_for(R * D, items)
-    cdef bint stream = streams(po, px, R * D * sizeof(storage))
+    cdef bint stream = streams(po, px, R * D * sizeof(storage), D * sizeof(storage))
     if R * D <= MIN_WORK:
         # small call: no parallel region to enter (larger one-thread calls
         # keep the region: its outlined loop compiles to faster code)
@@ -666,19 +687,26 @@ cdef inline void group_backward(const storage *x, const storage *dy, storage *dx
     dy and of dy * (x - m) of each of its channel planes in s1, s2."""
     cdef int64_t L = D // K, k, ch
     cdef double A = 0.0, B = 0.0, sa, sb, wv, c, q, kk
-    for k in range(K):
-        sa = 0.0
-        sb = 0.0
-        fn_dot(x + k * L, dy + k * L, L, m, &sa, &sb)
-        s1[k] = sa
-        s2[k] = sb
-        wv = fn_wat(x, w, (r % G) * K + k) if w != NULL else 1.0
-        A = A + wv * sa
-        B = B + wv * sb
+    # channel runs of one value ((N, C) batches): the same loops, folded
+    if L == 1:
+        fn_gnsums1(x, dy, K, m, wofs(x, w, (r % G) * K), s1, s2, &A, &B)
+    else:
+        for k in range(K):
+            sa = 0.0
+            sb = 0.0
+            fn_dot(x + k * L, dy + k * L, L, m, &sa, &sb)
+            s1[k] = sa
+            s2[k] = sb
+            wv = fn_wat(x, w, (r % G) * K + k) if w != NULL else 1.0
+            A = A + wv * sa
+            B = B + wv * sb
     q = inv * inv * inv * B / <double>D
     c = fn_centre(x, m)
     # as _checks.centered: no correction for a non-finite mean or q
     kk = inv * A / <double>D + (q * (c - m) if isfinite(m) and isfinite(q) else 0.0)
+    if L == 1:
+        fn_gnbwd1(x, dy, dx, K, c, inv, q, kk, wofs(x, w, (r % G) * K))
+        return
     for k in range(K):
         ch = (r % G) * K + k
         wv = fn_wat(x, w, ch) if w != NULL else 1.0

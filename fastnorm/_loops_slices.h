@@ -15,6 +15,7 @@
 #ifndef FASTNORM_LOOPS_SLICES_H
 #define FASTNORM_LOOPS_SLICES_H
 #include "_storage.h"
+#include "_loops_channels.h"
 
 #define FN_LAYER_double(S, SUF) FN_LAYER_SCALAR(S, SUF, double)
 #define FN_LAYER_SCALAR(S, SUF, T)                                            \
@@ -440,9 +441,68 @@ static inline int fn_rows8_##SUF(const S *x, int64_t n, double eps, int rms,  \
     return 0;                                                                 \
 }
 
+/* --- groups of one-value channel runs: (N, C) batches --------------------
+ * GroupNorm on (N, C) has slices of K channels of L = 1 value.  These are
+ * group_normalise's and group_backward's per-channel loops
+ * (_kernels_slices.pxi) with the run length 1 known at compile time, so the
+ * channel loops' calls fold to a few operations per channel: the same
+ * operations, so the same bits.  w, b: the slice's first channel's weight
+ * and bias (compute type) or NULL.
+ *   fn_gnaff1    y[k] = (x[k] - c) * s_k + t_k, s_k = inv * w[k],
+ *                t_k = (c - m) * s_k + b[k]
+ *   fn_gnsums1   s1[k] = dy[k], s2[k] = dy[k] * (x[k] - m) (fn_dot), and
+ *                *A, *B the weighted sums over the channels in order
+ *   fn_gnbwd1    dx[k] = w[k] * inv * dy[k] - q * (x[k] - c) - kk; asks for
+ *                the K values after x and dy (the next slice) */
+#define FN_GN1(S, SUF, T)                                                     \
+static inline void fn_gnaff1_##SUF(const S *x, S *y, int64_t K, double c,     \
+                                   double m, double inv, const void *w_,      \
+                                   const void *b_)                            \
+{                                                                             \
+    const T *w = (const T *)w_, *b = (const T *)b_;                           \
+    for (int64_t k = 0; k < K; k++) {                                         \
+        double s = w ? inv * (double)w[k] : inv;                              \
+        double t = (c - m) * s;                                               \
+        if (b) t = t + (double)b[k];                                          \
+        fn_affine_##SUF(x + k, y + k, 1, c, s, t);                            \
+    }                                                                         \
+}                                                                             \
+static inline void fn_gnsums1_##SUF(const S *x, const S *dy, int64_t K,       \
+                                    double m, const void *w_, double *s1,     \
+                                    double *s2, double *A, double *B)         \
+{                                                                             \
+    const T *w = (const T *)w_;                                               \
+    double a = 0.0, bb = 0.0;                                                 \
+    for (int64_t k = 0; k < K; k++) {                                         \
+        double sa = 0.0, sb = 0.0;                                            \
+        fn_dot_##SUF(x + k, dy + k, 1, m, &sa, &sb);                          \
+        s1[k] = sa;                                                           \
+        s2[k] = sb;                                                           \
+        double wv = w ? (double)w[k] : 1.0;                                   \
+        a = a + wv * sa;                                                      \
+        bb = bb + wv * sb;                                                    \
+    }                                                                         \
+    *A = a;                                                                   \
+    *B = bb;                                                                  \
+}                                                                             \
+static inline void fn_gnbwd1_##SUF(const S *x, const S *dy, S *dx, int64_t K, \
+                                   double c, double inv, double q, double kk, \
+                                   const void *w_)                            \
+{                                                                             \
+    const T *w = (const T *)w_;                                               \
+    for (int64_t k = 0; k < K; k++) {                                         \
+        if (k % (64 / (int64_t)sizeof(S)) == 0) {                             \
+            __builtin_prefetch(x + K + k, 0, 3);                              \
+            __builtin_prefetch(dy + K + k, 0, 3);                             \
+        }                                                                     \
+        double wv = w ? (double)w[k] : 1.0;                                   \
+        fn_bwd_##SUF(x + k, dy + k, dx + k, 1, c, wv * inv, q, kk);           \
+    }                                                                         \
+}
+
 #define FN_INST_SLICES(a, S, SUF, T) \
     FN_LAYER_##T(S, SUF) FN_LNSUMS(S, SUF, T) FN_ROWSBWD_##T(S, SUF) \
-    FN_ROWS8_##T(S, SUF)
+    FN_ROWS8_##T(S, SUF) FN_GN1(S, SUF, T)
 FN_STORAGE_TYPES(FN_INST_SLICES, _)
 
 #define fn_lnaff(x, y, n, c, s, t, w, b) FN_PICK(fn_lnaff, x)(x, y, n, c, s, t, w, b)
@@ -451,6 +511,11 @@ FN_STORAGE_TYPES(FN_INST_SLICES, _)
     FN_PICK(fn_lnsums, x)(x, dy, w, n, m, inv, A, B, c1, c2)
 #define fn_rows8(x, n, eps, rms, mean, var, invstd) \
     FN_PICK(fn_rows8, x)(x, n, eps, rms, mean, var, invstd)
+#define fn_gnaff1(x, y, K, c, m, inv, w, b) FN_PICK(fn_gnaff1, x)(x, y, K, c, m, inv, w, b)
+#define fn_gnsums1(x, dy, K, m, w, s1, s2, A, B) \
+    FN_PICK(fn_gnsums1, x)(x, dy, K, m, w, s1, s2, A, B)
+#define fn_gnbwd1(x, dy, dx, K, c, inv, q, kk, w) \
+    FN_PICK(fn_gnbwd1, x)(x, dy, dx, K, c, inv, q, kk, w)
 #define fn_rows_scratch(tag, D) FN_PICK(fn_rows_scratch, tag)(tag, D)
 #define fn_rowsbwd(x, dy, dx, D, r0, r1, rms, w, mean, invstd, unit, scratch, c1, c2, pf) \
     FN_PICK(fn_rowsbwd, x)(x, dy, dx, D, r0, r1, rms, w, mean, invstd, unit, scratch, c1, \

@@ -15,7 +15,8 @@ GTOL = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float64: dict(rtol=1e-10, ato
 INSTANCE = {3: fastnorm.InstanceNorm1d, 4: fastnorm.InstanceNorm2d, 5: fastnorm.InstanceNorm3d}
 
 GN_CASES = [((4, 8, 5, 5), 2), ((3, 6), 3), ((5, 6), 6), ((2, 4, 7), 4), ((2, 6, 3, 4, 5), 1),
-            ((3, 12, 33), 4), ((2, 64, 9, 9), 32), ((1, 6, 4100), 3)]
+            ((3, 12, 33), 4), ((2, 64, 9, 9), 32), ((1, 6, 4100), 3), ((40, 96), 2),
+            ((9, 512), 32)]
 
 
 def _affine(layer, rng):
