@@ -107,18 +107,25 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
         z = np.zeros(C, dtype=weight.dtype if weight is not None else dt)
         return dx, (z if need_weight else None), (z.copy() if need_bias else None)
     g3 = ck.for_kernel(g).reshape(1, N * C, L)
-    inv_nc = np.repeat(saved.invstd, cg)
-    s1 = np.empty(N * C)    # sum of dy per (n, c)
-    s2 = np.empty(N * C)    # sum of dy * (x - mean) per (n, c)
+    # per (n, c) sums: as large as x itself on (N, C) batches, so from the
+    # pool (a fresh array there costs more in page faults than the kernel)
+    s1 = _pool.empty((N * C,), np.float64)    # sum of dy per (n, c)
+    s2 = _pool.empty((N * C,), np.float64)    # sum of dy * (x - mean) per (n, c)
     if ck.fused(cg * L, dt):
         _kernels.groups_backward(kv(x3.reshape(N * G, cg * L)), kv(g3.reshape(N * G, cg * L)),
                                  kv(dx.reshape(N * G, cg * L)), G, cg,
                                  ck.kernel_param(weight, dt), saved.mean, saved.invstd, s1, s2)
     else:
-        _backward_two_pass(x3, g3, dx, saved, weight, inv_nc, s1, s2)
+        _backward_two_pass(x3, g3, dx, saved, weight, np.repeat(saved.invstd, cg), s1, s2)
     pdt = weight.dtype if weight is not None else dt     # gradients: the parameters' dtype
-    gw = (inv_nc * s2).reshape(N, C).sum(axis=0).astype(pdt) if need_weight else None
-    gb = s1.reshape(N, C).sum(axis=0).astype(pdt) if need_bias else None
+    gw = gb = None
+    if need_weight:
+        # invstd_(n, g) * s2 in place, then the sum over samples
+        s2g = s2.reshape(N * G, cg)
+        np.multiply(saved.invstd[:, None], s2g, out=s2g)
+        gw = s2.reshape(N, C).sum(axis=0).astype(pdt)
+    if need_bias:
+        gb = s1.reshape(N, C).sum(axis=0).astype(pdt)
     return dx, gw, gb
 
 

@@ -473,15 +473,24 @@ static inline void fn_gnsums1_##SUF(const S *x, const S *dy, int64_t K,       \
 {                                                                             \
     const T *w = (const T *)w_;                                               \
     double a = 0.0, bb = 0.0;                                                 \
+    /* the channels' sums (independent: one vector loop), then the slice's   \
+     * weighted totals in channel order */                                    \
     for (int64_t k = 0; k < K; k++) {                                         \
         double sa = 0.0, sb = 0.0;                                            \
         fn_dot_##SUF(x + k, dy + k, 1, m, &sa, &sb);                          \
         s1[k] = sa;                                                           \
         s2[k] = sb;                                                           \
-        double wv = w ? (double)w[k] : 1.0;                                   \
-        a = a + wv * sa;                                                      \
-        bb = bb + wv * sb;                                                    \
     }                                                                         \
+    if (w)                                                                    \
+        for (int64_t k = 0; k < K; k++) {                                     \
+            a = a + (double)w[k] * s1[k];                                     \
+            bb = bb + (double)w[k] * s2[k];                                   \
+        }                                                                     \
+    else                                                                      \
+        for (int64_t k = 0; k < K; k++) {                                     \
+            a = a + 1.0 * s1[k];                                              \
+            bb = bb + 1.0 * s2[k];                                            \
+        }                                                                     \
     *A = a;                                                                   \
     *B = bb;                                                                  \
 }                                                                             \
@@ -490,14 +499,16 @@ static inline void fn_gnbwd1_##SUF(const S *x, const S *dy, S *dx, int64_t K, \
                                    const void *w_)                            \
 {                                                                             \
     const T *w = (const T *)w_;                                               \
-    for (int64_t k = 0; k < K; k++) {                                         \
-        if (k % (64 / (int64_t)sizeof(S)) == 0) {                             \
-            __builtin_prefetch(x + K + k, 0, 3);                              \
-            __builtin_prefetch(dy + K + k, 0, 3);                             \
-        }                                                                     \
-        double wv = w ? (double)w[k] : 1.0;                                   \
-        fn_bwd_##SUF(x + k, dy + k, dx + k, 1, c, wv * inv, q, kk);           \
+    for (int64_t k = 0; k < K; k += 64 / (int64_t)sizeof(S)) {                \
+        __builtin_prefetch(x + K + k, 0, 3);                                  \
+        __builtin_prefetch(dy + K + k, 0, 3);                                 \
     }                                                                         \
+    if (w)                                                                    \
+        for (int64_t k = 0; k < K; k++)                                       \
+            fn_bwd_##SUF(x + k, dy + k, dx + k, 1, c, (double)w[k] * inv, q, kk);\
+    else                                                                      \
+        for (int64_t k = 0; k < K; k++)                                       \
+            fn_bwd_##SUF(x + k, dy + k, dx + k, 1, c, 1.0 * inv, q, kk);      \
 }
 
 #define FN_INST_SLICES(a, S, SUF, T) \
