@@ -472,7 +472,49 @@ static inline void fn_rdot_##SUF(const S *x, const S *dy, const double *m,    \
         b[j] += g * ((double)fn_ld_##SUF(x[j]) - m[j]);                       \
     }                                                                         \
 }                                                                             \
+/* The same three loops over 4 rows at once (rows x + r * stride): each     \
+ * column's accumulator takes the 4 rows' terms in row order in a register,  \
+ * so one load and store of it per 4 rows instead of per row (same bits). */ \
+static inline void fn_rsum4_##SUF(const S *x, int64_t stride, double *acc,    \
+                                  int64_t n)                                  \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++) {                                         \
+        double s = acc[j];                                                    \
+        for (int r = 0; r < 4; r++) s += (double)fn_ld_##SUF(x[r * stride + j]);\
+        acc[j] = s;                                                           \
+    }                                                                         \
+}                                                                             \
+static inline void fn_rdev4_##SUF(const S *x, int64_t stride, const double *m,\
+                                  double *a, double *b, int64_t n)            \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++) {                                         \
+        double sa = a[j], sb = b[j];                                          \
+        for (int r = 0; r < 4; r++) {                                         \
+            double d = (double)fn_ld_##SUF(x[r * stride + j]) - m[j];         \
+            sa += d;                                                          \
+            sb += d * d;                                                      \
+        }                                                                     \
+        a[j] = sa;                                                            \
+        b[j] = sb;                                                            \
+    }                                                                         \
+}                                                                             \
+static inline void fn_rdot4_##SUF(const S *x, const S *dy, int64_t stride,    \
+                                  const double *m, double *a, double *b,      \
+                                  int64_t n)                                  \
+{                                                                             \
+    for (int64_t j = 0; j < n; j++) {                                         \
+        double sa = a[j], sb = b[j];                                          \
+        for (int r = 0; r < 4; r++) {                                         \
+            double g = (double)fn_ld_##SUF(dy[r * stride + j]);               \
+            sa += g;                                                          \
+            sb += g * ((double)fn_ld_##SUF(x[r * stride + j]) - m[j]);        \
+        }                                                                     \
+        a[j] = sa;                                                            \
+        b[j] = sb;                                                            \
+    }                                                                         \
+}                                                                             \
 /* Per-column coefficients of rows mode: e holds 4 rows of W = C * L values   \
+
  * of T, row r element c * L + l = k_r[c] rounded to T (fn_expand4); the     \
  * row loops read columns [j0, j0 + n) of them. */                            \
 static inline void fn_expand4_##SUF(const S *tag, const double *k0,           \
@@ -508,6 +550,9 @@ FN_STORAGE_TYPES(FN_INST_CHANNELS, _)
 #define fn_rsum(x, acc, n) FN_PICK(fn_rsum, x)(x, acc, n)
 #define fn_rdev(x, m, a, b, n) FN_PICK(fn_rdev, x)(x, m, a, b, n)
 #define fn_rdot(x, dy, m, a, b, n) FN_PICK(fn_rdot, x)(x, dy, m, a, b, n)
+#define fn_rsum4(x, stride, acc, n) FN_PICK(fn_rsum4, x)(x, stride, acc, n)
+#define fn_rdev4(x, stride, m, a, b, n) FN_PICK(fn_rdev4, x)(x, stride, m, a, b, n)
+#define fn_rdot4(x, dy, stride, m, a, b, n) FN_PICK(fn_rdot4, x)(x, dy, stride, m, a, b, n)
 #define fn_expand4(tag, k0, k1, k2, k3, C, L, e) \
     FN_PICK(fn_expand4, tag)(tag, k0, k1, k2, k3, C, L, e)
 #define fn_raffine(x, y, e, W, j0, n) FN_PICK(fn_raffine, x)(x, y, e, W, j0, n)
