@@ -42,15 +42,11 @@ cdef extern from "_loops_channels.h" nogil:
     void fn_bwd_pf(const void *x, const void *dy, void *dx, int64_t n, double c,
                    double a, double b, double k, const void *px, const void *py)
     void fn_scale(const void *dy, void *dx, int64_t n, double a)
-    void fn_rsum(const void *x, double *acc, int64_t n)
-    void fn_rdev(const void *x, const double *m, double *a, double *b, int64_t n)
-    void fn_rdot(const void *x, const void *dy, const double *m, double *a, double *b,
-                 int64_t n)
-    void fn_rsum4(const void *x, int64_t stride, double *acc, int64_t n)
-    void fn_rdev4(const void *x, int64_t stride, const double *m, double *a, double *b,
-                  int64_t n)
-    void fn_rdot4(const void *x, const void *dy, int64_t stride, const double *m,
-                  double *a, double *b, int64_t n)
+    void fn_rsum(const void *x, int64_t stride, int64_t rows, double *acc, int64_t n)
+    void fn_rdev(const void *x, int64_t stride, int64_t rows, const double *m, double *a,
+                 double *b, int64_t n)
+    void fn_rdot(const void *x, const void *dy, int64_t stride, int64_t rows,
+                 const double *m, double *a, double *b, int64_t n)
     void fn_expand4(const void *tag, const double *k0, const double *k1,
                     const double *k2, const double *k3, int64_t C, int64_t L, void *e)
     void fn_raffine(const void *x, void *y, const void *e, int64_t W, int64_t j0,
@@ -223,7 +219,7 @@ cdef inline void rows_moments(const storage *x, const Units *g, int64_t i,
                               double *pm, double *pm2,
                               double *scratch) noexcept nogil:
     cdef int64_t b = i // g.nk, k = i % g.nk
-    cdef int64_t n0 = b * g.rows, n1 = n0 + g.rows, n, c, l, j
+    cdef int64_t n0 = b * g.rows, n1 = n0 + g.rows, c, l, j
     cdef int64_t c0 = k * g.cw, c1 = c0 + g.cw
     cdef int64_t W, stride = g.C * g.L
     cdef double *acc = scratch
@@ -239,13 +235,7 @@ cdef inline void rows_moments(const storage *x, const Units *g, int64_t i,
     mj = scratch + 2 * rows_stride(g)
     cnt = <double>((n1 - n0) * g.L)
     memset(acc, 0, W * sizeof(double))
-    n = n0
-    while n + 4 <= n1:
-        fn_rsum4(x + n * stride + c0 * g.L, stride, acc, W)
-        n += 4
-    while n < n1:
-        fn_rsum(x + n * stride + c0 * g.L, acc, W)
-        n += 1
+    fn_rsum(x + n0 * stride + c0 * g.L, stride, n1 - n0, acc, W)
     for c in range(c1 - c0):
         s = 0.0
         for l in range(g.L):
@@ -255,13 +245,7 @@ cdef inline void rows_moments(const storage *x, const Units *g, int64_t i,
             mj[c * g.L + l] = s
     memset(acc, 0, W * sizeof(double))
     memset(acc2, 0, W * sizeof(double))
-    n = n0
-    while n + 4 <= n1:
-        fn_rdev4(x + n * stride + c0 * g.L, stride, mj, acc, acc2, W)
-        n += 4
-    while n < n1:
-        fn_rdev(x + n * stride + c0 * g.L, mj, acc, acc2, W)
-        n += 1
+    fn_rdev(x + n0 * stride + c0 * g.L, stride, n1 - n0, mj, acc, acc2, W)
     for c in range(c1 - c0):
         sd = 0.0
         sdd = 0.0
@@ -279,7 +263,7 @@ cdef inline void rows_dot(const storage *x, const storage *dy, const Units *g,
                           int64_t i, const double *mean, double *pa, double *pb,
                           double *scratch) noexcept nogil:
     cdef int64_t b = i // g.nk, k = i % g.nk
-    cdef int64_t n0 = b * g.rows, n1 = n0 + g.rows, n, c, l, j, off
+    cdef int64_t n0 = b * g.rows, n1 = n0 + g.rows, c, l, j, off
     cdef int64_t c0 = k * g.cw, c1 = c0 + g.cw
     cdef int64_t W, stride = g.C * g.L
     cdef double *acc = scratch
@@ -298,15 +282,8 @@ cdef inline void rows_dot(const storage *x, const storage *dy, const Units *g,
             mj[c * g.L + l] = mean[c0 + c]
     memset(acc, 0, W * sizeof(double))
     memset(acc2, 0, W * sizeof(double))
-    n = n0
-    while n + 4 <= n1:
-        off = n * stride + c0 * g.L
-        fn_rdot4(x + off, dy + off, stride, mj, acc, acc2, W)
-        n += 4
-    while n < n1:
-        off = n * stride + c0 * g.L
-        fn_rdot(x + off, dy + off, mj, acc, acc2, W)
-        n += 1
+    off = n0 * stride + c0 * g.L
+    fn_rdot(x + off, dy + off, stride, n1 - n0, mj, acc, acc2, W)
     for c in range(c1 - c0):
         sa = 0.0
         sb = 0.0

@@ -587,7 +587,9 @@ cdef inline void group_normalise(const storage *x, storage *y, int64_t D,
     if L == 1:
         j = 0
         while j < K:
-            n = K - j if not stream else (K - j if K - j < TILE else TILE)
+            n = K - j
+            if stream and n > TILE:
+                n = TILE
             fn_gnaff1(x + j, tp if stream else y + j, n, c, m, inv, wofs(x, w, ch0 + j),
                       wofs(x, b, ch0 + j))
             if stream:
@@ -597,7 +599,7 @@ cdef inline void group_normalise(const storage *x, storage *y, int64_t D,
             fn_stream_fence()
         return
     for k in range(K):
-        ch = (r % G) * K + k
+        ch = ch0 + k
         s = inv * fn_wat(x, w, ch) if w != NULL else inv
         t = (c - m) * s
         if b != NULL:
@@ -686,10 +688,11 @@ cdef inline void group_backward(const storage *x, const storage *dy, storage *dx
     """One slice of the GroupNorm/InstanceNorm backward; stores the sums of
     dy and of dy * (x - m) of each of its channel planes in s1, s2."""
     cdef int64_t L = D // K, k, ch
+    cdef int64_t ch0 = (r % G) * K
     cdef double A = 0.0, B = 0.0, sa, sb, wv, c, q, kk
     # channel runs of one value ((N, C) batches): the same loops, folded
     if L == 1:
-        fn_gnsums1(x, dy, K, m, wofs(x, w, (r % G) * K), s1, s2, &A, &B)
+        fn_gnsums1(x, dy, K, m, wofs(x, w, ch0), s1, s2, &A, &B)
     else:
         for k in range(K):
             sa = 0.0
@@ -697,7 +700,7 @@ cdef inline void group_backward(const storage *x, const storage *dy, storage *dx
             fn_dot(x + k * L, dy + k * L, L, m, &sa, &sb)
             s1[k] = sa
             s2[k] = sb
-            wv = fn_wat(x, w, (r % G) * K + k) if w != NULL else 1.0
+            wv = fn_wat(x, w, ch0 + k) if w != NULL else 1.0
             A = A + wv * sa
             B = B + wv * sb
     q = inv * inv * inv * B / <double>D
@@ -705,10 +708,10 @@ cdef inline void group_backward(const storage *x, const storage *dy, storage *dx
     # as _checks.centered: no correction for a non-finite mean or q
     kk = inv * A / <double>D + (q * (c - m) if isfinite(m) and isfinite(q) else 0.0)
     if L == 1:
-        fn_gnbwd1(x, dy, dx, K, c, inv, q, kk, wofs(x, w, (r % G) * K))
+        fn_gnbwd1(x, dy, dx, K, c, inv, q, kk, wofs(x, w, ch0))
         return
     for k in range(K):
-        ch = (r % G) * K + k
+        ch = ch0 + k
         wv = fn_wat(x, w, ch) if w != NULL else 1.0
         # prefetch the same part of the next slice (taken next by this thread)
         fn_bwd_pf(x + k * L, dy + k * L, dx + k * L, L, c, wv * inv, q, kk,

@@ -20,6 +20,26 @@
  * 4-double accumulators are one 8-double register ([lo | hi]: one widening
  * per step); elsewhere they stay two (GCC 12 keeps an 8-double vector that
  * spans two registers in memory). */
+/* 8 values a step in two 4-double lanes, as the float64 statistics and the
+ * float compute's rest loops take them: d = x - m, a += d, b += d * d
+ * (FN_DEV8); g = dy, a += g, b += g * (x - m) (FN_DOT8).  mv: m in 4 lanes. */
+#define FN_DEV8(SUF, mv, a0, a1, b0, b1)                                      \
+    for (; i + 8 <= n; i += 8) {                                              \
+        fn_v4d d0 = fn_ld4d_##SUF(x + i) - mv;                                \
+        fn_v4d d1 = fn_ld4d_##SUF(x + i + 4) - mv;                            \
+        a0 += d0;                                                             \
+        a1 += d1;                                                             \
+        b0 += d0 * d0;                                                        \
+        b1 += d1 * d1;                                                        \
+    }
+#define FN_DOT8(SUF, mv, a0, a1, b0, b1)                                      \
+    for (; i + 8 <= n; i += 8) {                                              \
+        fn_v4d g0 = fn_ld4d_##SUF(dy + i), g1 = fn_ld4d_##SUF(dy + i + 4);    \
+        a0 += g0;                                                             \
+        a1 += g1;                                                             \
+        b0 += g0 * (fn_ld4d_##SUF(x + i) - mv);                               \
+        b1 += g1 * (fn_ld4d_##SUF(x + i + 4) - mv);                           \
+    }
 #if defined(__AVX512F__)
 #define FN_SUM_REST(SUF)                                                      \
     {                                                                         \
@@ -63,25 +83,12 @@
 #define FN_DEV_REST(SUF)                                                      \
     {                                                                         \
         fn_v4d m4 = {md, md, md, md};                                         \
-        for (; i + 8 <= n; i += 8) {                                          \
-            fn_v4d d0 = fn_ld4d_##SUF(x + i) - m4;                            \
-            fn_v4d d1 = fn_ld4d_##SUF(x + i + 4) - m4;                        \
-            alo += d0;                                                        \
-            ahi += d1;                                                        \
-            blo += d0 * d0;                                                   \
-            bhi += d1 * d1;                                                   \
-        }                                                                     \
+        FN_DEV8(SUF, m4, alo, ahi, blo, bhi)                                  \
     }
 #define FN_DOT_REST(SUF)                                                      \
     {                                                                         \
         fn_v4d m4 = {md, md, md, md};                                         \
-        for (; i + 8 <= n; i += 8) {                                          \
-            fn_v4d g0 = fn_ld4d_##SUF(dy + i), g1 = fn_ld4d_##SUF(dy + i + 4);\
-            a0 += g0;                                                         \
-            a1 += g1;                                                         \
-            b0 += g0 * (fn_ld4d_##SUF(x + i) - m4);                           \
-            b1 += g1 * (fn_ld4d_##SUF(x + i + 4) - m4);                       \
-        }                                                                     \
+        FN_DOT8(SUF, m4, a0, a1, b0, b1)                                      \
     }
 #endif
 
@@ -250,14 +257,7 @@ static inline void fn_dev_##SUF(const S *x, int64_t n, double m,              \
     fn_v4d mv = {m, m, m, m};                                                 \
     double ta = 0.0, tb = 0.0;                                                \
     int64_t i = 0;                                                            \
-    for (; i + 8 <= n; i += 8) {                                              \
-        fn_v4d d0 = fn_ld4d_##SUF(x + i) - mv;                                \
-        fn_v4d d1 = fn_ld4d_##SUF(x + i + 4) - mv;                            \
-        a0 += d0;                                                             \
-        a1 += d1;                                                             \
-        b0 += d0 * d0;                                                        \
-        b1 += d1 * d1;                                                        \
-    }                                                                         \
+    FN_DEV8(SUF, mv, a0, a1, b0, b1)                                          \
     for (; i < n; i++) {                                                      \
         double d = (double)x[i] - m;                                          \
         ta += d;                                                              \
@@ -274,13 +274,7 @@ static inline void fn_dot_##SUF(const S *x, const S *dy, int64_t n, double m, \
     fn_v4d mv = {m, m, m, m};                                                 \
     double ta = 0.0, tb = 0.0;                                                \
     int64_t i = 0;                                                            \
-    for (; i + 8 <= n; i += 8) {                                              \
-        fn_v4d g0 = fn_ld4d_##SUF(dy + i), g1 = fn_ld4d_##SUF(dy + i + 4);    \
-        a0 += g0;                                                             \
-        a1 += g1;                                                             \
-        b0 += g0 * (fn_ld4d_##SUF(x + i) - mv);                               \
-        b1 += g1 * (fn_ld4d_##SUF(x + i + 4) - mv);                           \
-    }                                                                         \
+    FN_DOT8(SUF, mv, a0, a1, b0, b1)                                          \
     for (; i < n; i++) {                                                      \
         double g = (double)dy[i];                                             \
         ta += g;                                                              \
@@ -450,68 +444,71 @@ static inline void fn_rscale_##SUF(const S *dy, S *dx, const void *e_,        \
  * with per-column accumulators (double) and coefficients (T).  These
  * vectorise across the contiguous row, whatever the plane length. */
 #define FN_ROWS(S, SUF, T)                                                    \
-static inline void fn_rsum_##SUF(const S *x, double *acc, int64_t n)          \
+/* rows r = 0 .. rows-1 of x (row r at x + r * stride), each column's         \
+ * float64 accumulator taking them in row order; 4 rows at a time with the    \
+ * accumulator in a register (one load and store of it per 4 rows), the       \
+ * rest one by one: the same additions either way */                          \
+static inline void fn_rsum_##SUF(const S *x, int64_t stride, int64_t rows,    \
+                                 double *acc, int64_t n)                      \
 {                                                                             \
-    for (int64_t j = 0; j < n; j++) acc[j] += (double)fn_ld_##SUF(x[j]);      \
+    int64_t r = 0;                                                            \
+    for (; r + 4 <= rows; r += 4)                                             \
+        for (int64_t j = 0; j < n; j++) {                                     \
+            double s = acc[j];                                                \
+            for (int q = 0; q < 4; q++)                                       \
+                s += (double)fn_ld_##SUF(x[(r + q) * stride + j]);            \
+            acc[j] = s;                                                       \
+        }                                                                     \
+    for (; r < rows; r++)                                                     \
+        for (int64_t j = 0; j < n; j++)                                       \
+            acc[j] += (double)fn_ld_##SUF(x[r * stride + j]);                 \
 }                                                                             \
-static inline void fn_rdev_##SUF(const S *x, const double *m, double *a,      \
+static inline void fn_rdev_##SUF(const S *x, int64_t stride, int64_t rows,    \
+                                 const double *m, double *a, double *b,       \
+                                 int64_t n)                                   \
+{                                                                             \
+    int64_t r = 0;                                                            \
+    for (; r + 4 <= rows; r += 4)                                             \
+        for (int64_t j = 0; j < n; j++) {                                     \
+            double sa = a[j], sb = b[j];                                      \
+            for (int q = 0; q < 4; q++) {                                     \
+                double d = (double)fn_ld_##SUF(x[(r + q) * stride + j]) - m[j];\
+                sa += d;                                                      \
+                sb += d * d;                                                  \
+            }                                                                 \
+            a[j] = sa;                                                        \
+            b[j] = sb;                                                        \
+        }                                                                     \
+    for (; r < rows; r++)                                                     \
+        for (int64_t j = 0; j < n; j++) {                                     \
+            double d = (double)fn_ld_##SUF(x[r * stride + j]) - m[j];         \
+            a[j] += d;                                                        \
+            b[j] += d * d;                                                    \
+        }                                                                     \
+}                                                                             \
+static inline void fn_rdot_##SUF(const S *x, const S *dy, int64_t stride,     \
+                                 int64_t rows, const double *m, double *a,    \
                                  double *b, int64_t n)                        \
 {                                                                             \
-    for (int64_t j = 0; j < n; j++) {                                         \
-        double d = (double)fn_ld_##SUF(x[j]) - m[j];                          \
-        a[j] += d;                                                            \
-        b[j] += d * d;                                                        \
-    }                                                                         \
-}                                                                             \
-static inline void fn_rdot_##SUF(const S *x, const S *dy, const double *m,    \
-                                 double *a, double *b, int64_t n)             \
-{                                                                             \
-    for (int64_t j = 0; j < n; j++) {                                         \
-        double g = (double)fn_ld_##SUF(dy[j]);                                \
-        a[j] += g;                                                            \
-        b[j] += g * ((double)fn_ld_##SUF(x[j]) - m[j]);                       \
-    }                                                                         \
-}                                                                             \
-/* The same three loops over 4 rows at once (rows x + r * stride): each     \
- * column's accumulator takes the 4 rows' terms in row order in a register,  \
- * so one load and store of it per 4 rows instead of per row (same bits). */ \
-static inline void fn_rsum4_##SUF(const S *x, int64_t stride, double *acc,    \
-                                  int64_t n)                                  \
-{                                                                             \
-    for (int64_t j = 0; j < n; j++) {                                         \
-        double s = acc[j];                                                    \
-        for (int r = 0; r < 4; r++) s += (double)fn_ld_##SUF(x[r * stride + j]);\
-        acc[j] = s;                                                           \
-    }                                                                         \
-}                                                                             \
-static inline void fn_rdev4_##SUF(const S *x, int64_t stride, const double *m,\
-                                  double *a, double *b, int64_t n)            \
-{                                                                             \
-    for (int64_t j = 0; j < n; j++) {                                         \
-        double sa = a[j], sb = b[j];                                          \
-        for (int r = 0; r < 4; r++) {                                         \
-            double d = (double)fn_ld_##SUF(x[r * stride + j]) - m[j];         \
-            sa += d;                                                          \
-            sb += d * d;                                                      \
+    int64_t r = 0;                                                            \
+    for (; r + 4 <= rows; r += 4)                                             \
+        for (int64_t j = 0; j < n; j++) {                                     \
+            double sa = a[j], sb = b[j];                                      \
+            for (int q = 0; q < 4; q++) {                                     \
+                int64_t o = (r + q) * stride + j;                             \
+                double g = (double)fn_ld_##SUF(dy[o]);                        \
+                sa += g;                                                      \
+                sb += g * ((double)fn_ld_##SUF(x[o]) - m[j]);                 \
+            }                                                                 \
+            a[j] = sa;                                                        \
+            b[j] = sb;                                                        \
         }                                                                     \
-        a[j] = sa;                                                            \
-        b[j] = sb;                                                            \
-    }                                                                         \
-}                                                                             \
-static inline void fn_rdot4_##SUF(const S *x, const S *dy, int64_t stride,    \
-                                  const double *m, double *a, double *b,      \
-                                  int64_t n)                                  \
-{                                                                             \
-    for (int64_t j = 0; j < n; j++) {                                         \
-        double sa = a[j], sb = b[j];                                          \
-        for (int r = 0; r < 4; r++) {                                         \
+    for (; r < rows; r++)                                                     \
+        for (int64_t j = 0; j < n; j++) {                                     \
             double g = (double)fn_ld_##SUF(dy[r * stride + j]);               \
-            sa += g;                                                          \
-            sb += g * ((double)fn_ld_##SUF(x[r * stride + j]) - m[j]);        \
+            a[j] += g;                                                        \
+            b[j] += g * ((double)fn_ld_##SUF(x[r * stride + j]) - m[j]);      \
         }                                                                     \
-        a[j] = sa;                                                            \
-        b[j] = sb;                                                            \
-    }                                                                         \
 }                                                                             \
 /* Per-column coefficients of rows mode: e holds 4 rows of W = C * L values   \
 
@@ -547,12 +544,10 @@ FN_STORAGE_TYPES(FN_INST_CHANNELS, _)
 #define fn_bwd_pf(x, dy, dx, n, c, a, b, k, px, py) \
     FN_PICK(fn_bwd_pf, x)(x, dy, dx, n, c, a, b, k, px, py)
 #define fn_scale(dy, dx, n, a) FN_PICK(fn_scale, dy)(dy, dx, n, a)
-#define fn_rsum(x, acc, n) FN_PICK(fn_rsum, x)(x, acc, n)
-#define fn_rdev(x, m, a, b, n) FN_PICK(fn_rdev, x)(x, m, a, b, n)
-#define fn_rdot(x, dy, m, a, b, n) FN_PICK(fn_rdot, x)(x, dy, m, a, b, n)
-#define fn_rsum4(x, stride, acc, n) FN_PICK(fn_rsum4, x)(x, stride, acc, n)
-#define fn_rdev4(x, stride, m, a, b, n) FN_PICK(fn_rdev4, x)(x, stride, m, a, b, n)
-#define fn_rdot4(x, dy, stride, m, a, b, n) FN_PICK(fn_rdot4, x)(x, dy, stride, m, a, b, n)
+#define fn_rsum(x, stride, rows, acc, n) FN_PICK(fn_rsum, x)(x, stride, rows, acc, n)
+#define fn_rdev(x, stride, rows, m, a, b, n) FN_PICK(fn_rdev, x)(x, stride, rows, m, a, b, n)
+#define fn_rdot(x, dy, stride, rows, m, a, b, n) \
+    FN_PICK(fn_rdot, x)(x, dy, stride, rows, m, a, b, n)
 #define fn_expand4(tag, k0, k1, k2, k3, C, L, e) \
     FN_PICK(fn_expand4, tag)(tag, k0, k1, k2, k3, C, L, e)
 #define fn_raffine(x, y, e, W, j0, n) FN_PICK(fn_raffine, x)(x, y, e, W, j0, n)

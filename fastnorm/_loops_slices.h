@@ -488,8 +488,8 @@ static inline void fn_gnsums1_##SUF(const S *x, const S *dy, int64_t K,       \
         }                                                                     \
     else                                                                      \
         for (int64_t k = 0; k < K; k++) {                                     \
-            a = a + 1.0 * s1[k];                                              \
-            bb = bb + 1.0 * s2[k];                                            \
+            a = a + s1[k];                  /* weight 1: 1.0 * s exactly */   \
+            bb = bb + s2[k];                                                  \
         }                                                                     \
     *A = a;                                                                   \
     *B = bb;                                                                  \
@@ -508,7 +508,7 @@ static inline void fn_gnbwd1_##SUF(const S *x, const S *dy, S *dx, int64_t K, \
             fn_bwd_##SUF(x + k, dy + k, dx + k, 1, c, (double)w[k] * inv, q, kk);\
     else                                                                      \
         for (int64_t k = 0; k < K; k++)                                       \
-            fn_bwd_##SUF(x + k, dy + k, dx + k, 1, c, 1.0 * inv, q, kk);      \
+            fn_bwd_##SUF(x + k, dy + k, dx + k, 1, c, inv, q, kk);            \
 }
 
 #define FN_INST_SLICES(a, S, SUF, T) \

@@ -168,3 +168,16 @@ def test_per_call_script_times_every_layer(capsys):
                      "LayerNorm", "RMSNorm", "LocalResponseNorm", "SwitchableNorm2d"}
     for ln in rows:
         assert float(ln.split()[2]) > 0 and float(ln.split()[3]) > 0    # np.add, layer
+
+
+def test_torch_backward_row_asks_for_the_parameters_gradients_too():
+    """fastnorm's layer.backward computes the weight and bias gradients, so
+    the torch peer's backward must too (asked for the input alone, torch
+    skips them)."""
+    torch = pytest.importorskip("torch")
+    from fastnorm.bench import _torch_callable
+    layer = torch.nn.LayerNorm(8)
+    x = np.random.default_rng(0).standard_normal((4, 8), dtype=np.float32)
+    grads = _torch_callable(layer, x, np.ones_like(x), "backward")()
+    assert len(grads) == 3
+    assert [tuple(g.shape) for g in grads] == [(4, 8), (8,), (8,)]

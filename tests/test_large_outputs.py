@@ -36,6 +36,8 @@ def _offset_out(shape, dtype, k):
     (lambda dt: fastnorm.RMSNorm(3001, dtype=dt), (180, 3001), 20),
     (lambda dt: fastnorm.GroupNorm(4, 12, dtype=dt), (5, 12, 97, 103), 1),
     (lambda dt: fastnorm.InstanceNorm2d(5, affine=True, dtype=dt), (3, 5, 150, 151), 1),
+    # (N, C): channel runs of one value, slices of 1100 values (4 KiB or more)
+    (lambda dt: fastnorm.GroupNorm(1, 1100, dtype=dt), (300, 1100), 30),
 ])
 def test_streamed_outputs_equal_the_ordinary_path(make, shape, n, dtype, rng):
     x = (rng.normal(size=shape) * 2 + 3).astype(dtype)
