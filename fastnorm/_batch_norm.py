@@ -27,11 +27,12 @@ class Saved:
 
 def saved_eval(saved):
     """The Saved of a forward call: `saved` itself, or made from the tuple
-    (x, mean, invstd, inplace) of the eval fast path (_kernels.batch_call)."""
+    (x, mean, invstd, inplace, batch_stats) of a fast path
+    (_kernels.batch_call, _kernels.batch_train_call)."""
     if type(saved) is not tuple:
         return saved
-    x, mean, invstd, inplace = saved
-    return Saved(ck.as_ncl(x), x.shape, mean, invstd, False, inplace)
+    x, mean, invstd, inplace, batch_stats = saved
+    return Saved(ck.as_ncl(x), x.shape, mean, invstd, batch_stats, inplace)
 
 
 def check_params(where, C, dt, weight, bias, running_mean, running_var, writable):

@@ -87,6 +87,8 @@ cdef extern from "_storage.h" nogil:
     void fn_stream(void *dst, const void *src, int64_t n)
     void fn_stream_fence()
     void fn_prefetch(const void *p)
+    fn_bf16 fn_std_bf16(double v)
+    fn_f16 fn_std_f16(double v)
 
 # The unit geometry is part of the library's definition of its results: a
 # change moves the last bits of results (not their accuracy).

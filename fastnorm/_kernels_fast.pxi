@@ -479,6 +479,232 @@ def groups_call(x, out, groups, weight, bias, eps, layer_dtype, int min_ndim,
 
 
 # --------------------------------------------------------------------------
+# Backward of the slice fast paths (rows_call, groups_call)
+# --------------------------------------------------------------------------
+
+cdef int same_array(object g, cnp.ndarray x, int xcode) noexcept:
+    """g an acceptable array (array_code) of x's storage code and shape."""
+    cdef int d
+    if array_code(g, False) != xcode:
+        return 0
+    if cnp.PyArray_NDIM(<cnp.ndarray>g) != cnp.PyArray_NDIM(x):
+        return 0
+    for d in range(cnp.PyArray_NDIM(x)):
+        if cnp.PyArray_DIMS(<cnp.ndarray>g)[d] != cnp.PyArray_DIMS(x)[d]:
+            return 0
+    return 1
+
+
+cdef void rows_bwd_dispatch(int code, const void *x, const void *dy, void *dx, int64_t R,
+                            int64_t D, bint rms, const void *w, const double *mean,
+                            const double *invstd, double *s1, double *s2) except *:
+    if code == S_F32:
+        rows_bwd_run(<const float *>x, <const float *>dy, <float *>dx, R, D, rms, w, mean,
+                     invstd, s1, s2)
+    elif code == S_F64:
+        rows_bwd_run(<const double *>x, <const double *>dy, <double *>dx, R, D, rms, w, mean,
+                     invstd, s1, s2)
+    elif code == S_BF16:
+        rows_bwd_run(<const fn_bf16 *>x, <const fn_bf16 *>dy, <fn_bf16 *>dx, R, D, rms, w,
+                     mean, invstd, s1, s2)
+    else:
+        rows_bwd_run(<const fn_f16 *>x, <const fn_f16 *>dy, <fn_f16 *>dx, R, D, rms, w, mean,
+                     invstd, s1, s2)
+
+
+cdef void groups_bwd_dispatch(int code, const void *x, const void *dy, void *dx, int64_t R,
+                              int64_t D, int64_t G, int64_t K, const void *w,
+                              const double *mean, const double *invstd, double *s1,
+                              double *s2) except *:
+    if code == S_F32:
+        groups_bwd_run(<const float *>x, <const float *>dy, <float *>dx, R, D, G, K, w, mean,
+                       invstd, s1, s2)
+    elif code == S_F64:
+        groups_bwd_run(<const double *>x, <const double *>dy, <double *>dx, R, D, G, K, w,
+                       mean, invstd, s1, s2)
+    elif code == S_BF16:
+        groups_bwd_run(<const fn_bf16 *>x, <const fn_bf16 *>dy, <fn_bf16 *>dx, R, D, G, K, w,
+                       mean, invstd, s1, s2)
+    else:
+        groups_bwd_run(<const fn_f16 *>x, <const fn_f16 *>dy, <fn_f16 *>dx, R, D, G, K, w,
+                       mean, invstd, s1, s2)
+
+
+cdef object grad_like(object weight, bint need):
+    """A new array of the weight's shape and dtype for its gradient, or None."""
+    if not need:
+        return None
+    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>weight),
+                             cnp.PyArray_DIMS(<cnp.ndarray>weight),
+                             cnp.PyArray_TYPE(<cnp.ndarray>weight), 0)
+
+
+def rows_bwd_call(grad_output, saved, weight, bint need_weight, bint need_bias):
+    """LayerNorm/RMSNorm gradients of a forward made by rows_call, of the
+    common call; or None.
+
+    The general path's arithmetic (_layer_norm.backward, one pass per
+    row), so its bits.  saved: rows_call's tuple (x, mean, invstd, inplace,
+    rms); grad_output: of x's shape and dtype; weight: the layer's, of the
+    normalized shape, or None (then no parameter gradient asked for).  None
+    also when the forward wrote over its input (the general path's error).
+    Returns (dx, grad_weight or None, grad_bias or None), the gradients of
+    the weight's shape and dtype."""
+    cdef int xcode, pcode, tmp
+    cdef cnp.ndarray xa
+    cdef cnp.npy_intp R, D, j
+    cdef const void *wk
+    cdef const void *bk
+    cdef float *owned = NULL
+    cdef double sbuf[2 * 256]
+    cdef double *s = sbuf
+    cdef bint rms
+    if not g_fast or not PyTuple_CheckExact(saved) or PyTuple_GET_SIZE(saved) != 5:
+        return None
+    x, mean, invstd, inplace, rms_o = saved
+    if inplace is not False or type(rms_o) is not bool:
+        return None
+    rms = rms_o
+    xcode = array_code(x, False)
+    if xcode == S_NONE or not same_array(grad_output, <cnp.ndarray>x, xcode):
+        return None
+    xa = <cnp.ndarray>x
+    R = cnp.PyArray_DIMS(<cnp.ndarray>mean)[0]
+    if R == 0:
+        return None
+    D = cnp.PyArray_SIZE(xa) // R
+    if weight is None:
+        if need_weight or need_bias:
+            return None
+        pcode = S_ABSENT
+    else:
+        pcode = params_code(xcode, param_code(weight, xa, cnp.PyArray_NDIM(<cnp.ndarray>weight)),
+                            S_ABSENT, S_ABSENT, S_ABSENT)
+        if pcode == S_NONE or cnp.PyArray_SIZE(<cnp.ndarray>weight) != D:
+            return None
+    dx = output_for(None, xa, xcode, &tmp)
+    gw = grad_like(weight, need_weight)
+    gb = grad_like(weight, need_bias)
+    if D > 256:
+        s = <double *>malloc(2 * D * sizeof(double))
+        if s == NULL:
+            raise MemoryError()
+    try:
+        if weight is None:
+            # the kernel takes a weight: ones in the compute type
+            wk = owned = <float *>malloc(D * (8 if xcode == S_F64 else 4))
+            if owned == NULL:
+                raise MemoryError()
+            for j in range(D):
+                if xcode == S_F64:
+                    (<double *>owned)[j] = 1.0
+                else:
+                    owned[j] = 1.0
+        else:
+            compute_params(pcode, cnp.PyArray_DATA(<cnp.ndarray>weight), NULL, D, &wk, &bk,
+                           &owned)
+        rows_bwd_dispatch(xcode, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(<cnp.ndarray>grad_output),
+                          cnp.PyArray_DATA(<cnp.ndarray>dx), R, D, rms, wk,
+                          <const double *>cnp.PyArray_DATA(<cnp.ndarray>mean),
+                          <const double *>cnp.PyArray_DATA(<cnp.ndarray>invstd), s, s + D)
+        if need_weight:
+            store_doubles(pcode, cnp.PyArray_DATA(<cnp.ndarray>gw), s + D, D)
+        if need_bias:
+            store_doubles(pcode, cnp.PyArray_DATA(<cnp.ndarray>gb), s, D)
+    finally:
+        free(owned)
+        if s != sbuf:
+            free(s)
+    return dx, gw, gb
+
+
+def groups_bwd_call(grad_output, saved, weight, bint need_weight, bint need_bias):
+    """GroupNorm/InstanceNorm gradients of a forward made by groups_call, of
+    the common call; or None.
+
+    The general path's arithmetic (_group_norm.backward, one pass per
+    slice; the parameter gradients summed over the samples in order), so
+    its bits.  saved: groups_call's tuple (x, mean, invstd, inplace, G);
+    grad_output: of x's shape and dtype; weight: the layer's, (C,) or None
+    (then no parameter gradient asked for).  Per-(sample, channel) sums of
+    at most FUSE_BYTES (larger: the general path's pooled arrays), C > 1.
+    Returns (dx, grad_weight or None, grad_bias or None)."""
+    cdef int xcode, pcode, tmp, d
+    cdef cnp.ndarray xa
+    cdef cnp.npy_intp N, C, L = 1, G, K, R, n, c
+    cdef const void *wk
+    cdef const void *bk
+    cdef float *owned = NULL
+    cdef double sbuf[2 * 256]
+    cdef double *s = sbuf
+    cdef const double *pi
+    cdef double acc_w, acc_b
+    cdef Py_ssize_t pg
+    if not g_fast or not PyTuple_CheckExact(saved) or PyTuple_GET_SIZE(saved) != 5:
+        return None
+    x, mean, invstd, inplace, groups = saved
+    if inplace is not False or not small_int(groups, &pg):
+        return None
+    xcode = array_code(x, False)
+    if xcode == S_NONE or not same_array(grad_output, <cnp.ndarray>x, xcode):
+        return None
+    xa = <cnp.ndarray>x
+    if cnp.PyArray_NDIM(xa) < 2:
+        return None
+    N = cnp.PyArray_DIMS(xa)[0]
+    C = cnp.PyArray_DIMS(xa)[1]
+    for d in range(2, cnp.PyArray_NDIM(xa)):
+        L *= cnp.PyArray_DIMS(xa)[d]
+    G = pg
+    if G < 1 or C < 2 or C % G or N * C * L == 0 or 2 * N * C * 8 > FUSE_BYTES:
+        return None
+    K = C // G
+    R = N * G
+    if cnp.PyArray_DIMS(<cnp.ndarray>mean)[0] != R:
+        return None
+    if weight is None:
+        if need_weight or need_bias:
+            return None
+        pcode = S_ABSENT
+    else:
+        pcode = params_code(xcode, param_code(weight, xa, -1), S_ABSENT, S_ABSENT, S_ABSENT)
+        if pcode == S_NONE:
+            return None
+    pi = <const double *>cnp.PyArray_DATA(<cnp.ndarray>invstd)
+    dx = output_for(None, xa, xcode, &tmp)
+    gw = grad_like(weight, need_weight)
+    gb = grad_like(weight, need_bias)
+    if N * C > 256:
+        s = <double *>malloc(2 * N * C * sizeof(double))
+        if s == NULL:
+            raise MemoryError()
+    try:
+        compute_params(pcode, data_or_null(weight), NULL, C, &wk, &bk, &owned)
+        groups_bwd_dispatch(xcode, cnp.PyArray_DATA(xa),
+                            cnp.PyArray_DATA(<cnp.ndarray>grad_output),
+                            cnp.PyArray_DATA(<cnp.ndarray>dx), R, K * L, G, K, wk,
+                            <const double *>cnp.PyArray_DATA(<cnp.ndarray>mean), pi, s,
+                            s + N * C)
+        # as the general path: invstd of the slice times sum dy * (x - mean),
+        # then NumPy's sum over the samples (from 0, in order)
+        for c in range(C):
+            acc_w = 0.0
+            acc_b = 0.0
+            for n in range(N):
+                acc_w = acc_w + pi[n * G + c // K] * s[N * C + n * C + c]
+                acc_b = acc_b + s[n * C + c]
+            if need_weight:
+                store_double(pcode, cnp.PyArray_DATA(<cnp.ndarray>gw), c, acc_w)
+            if need_bias:
+                store_double(pcode, cnp.PyArray_DATA(<cnp.ndarray>gb), c, acc_b)
+    finally:
+        free(owned)
+        if s != sbuf:
+            free(s)
+    return dx, gw, gb
+
+
+# --------------------------------------------------------------------------
 # BatchNorm in eval mode (and the functionals with running statistics)
 # --------------------------------------------------------------------------
 
@@ -536,22 +762,100 @@ cdef int coefficients(int pcode, const void *rm, const void *rv, const void *w,
                              <const fn_f16 *>b, eps, C, mean, invstd, k)
 
 
-cdef int affine_call(int code, const void *x, void *y, int64_t N, int64_t C, int64_t L,
-                     const double *k) except -1:
-    """The affine pass over data of storage code `code`."""
+cdef int elementwise_call(int code, int op, const void *x, const void *dy, void *y,
+                          int64_t N, int64_t C, int64_t L, int reads, const double *k0,
+                          const double *k1, const double *k2, const double *k3) except -1:
+    """elementwise() over data of storage code `code`."""
     if code == S_F32:
-        elementwise(OP_AFFINE, <const float *>x, <const float *>NULL, <float *>y, N, C, L, 1,
-                    k, k + C, k + 2 * C, k + 2 * C)
+        elementwise(op, <const float *>x, <const float *>dy, <float *>y, N, C, L, reads,
+                    k0, k1, k2, k3)
     elif code == S_F64:
-        elementwise(OP_AFFINE, <const double *>x, <const double *>NULL, <double *>y, N, C, L,
-                    1, k, k + C, k + 2 * C, k + 2 * C)
+        elementwise(op, <const double *>x, <const double *>dy, <double *>y, N, C, L, reads,
+                    k0, k1, k2, k3)
     elif code == S_BF16:
-        elementwise(OP_AFFINE, <const fn_bf16 *>x, <const fn_bf16 *>NULL, <fn_bf16 *>y, N, C,
-                    L, 1, k, k + C, k + 2 * C, k + 2 * C)
+        elementwise(op, <const fn_bf16 *>x, <const fn_bf16 *>dy, <fn_bf16 *>y, N, C, L,
+                    reads, k0, k1, k2, k3)
     else:
-        elementwise(OP_AFFINE, <const fn_f16 *>x, <const fn_f16 *>NULL, <fn_f16 *>y, N, C, L,
-                    1, k, k + C, k + 2 * C, k + 2 * C)
+        elementwise(op, <const fn_f16 *>x, <const fn_f16 *>dy, <fn_f16 *>y, N, C, L, reads,
+                    k0, k1, k2, k3)
     return 0
+
+
+cdef inline int affine_call(int code, const void *x, void *y, int64_t N, int64_t C,
+                            int64_t L, const double *k) except -1:
+    """The affine pass (k: centre, scale, shift, each C long)."""
+    return elementwise_call(code, OP_AFFINE, x, NULL, y, N, C, L, 1, k, k + C, k + 2 * C,
+                            k + 2 * C)
+
+
+cdef int reduction_call(int code, int op, const void *x, const void *dy,
+                        const double *mean, int64_t N, int64_t C, int64_t L, double *a,
+                        double *b) except -1:
+    """reduction() over data of storage code `code`."""
+    if code == S_F32:
+        reduction(op, <const float *>x, <const float *>dy, mean, N, C, L, a, b)
+    elif code == S_F64:
+        reduction(op, <const double *>x, <const double *>dy, mean, N, C, L, a, b)
+    elif code == S_BF16:
+        reduction(op, <const fn_bf16 *>x, <const fn_bf16 *>dy, mean, N, C, L, a, b)
+    else:
+        reduction(op, <const fn_f16 *>x, <const fn_f16 *>dy, mean, N, C, L, a, b)
+    return 0
+
+
+cdef inline double value_at(int code, const void *p, int64_t i) noexcept nogil:
+    """p[i] as a double, p of storage code `code`."""
+    if code == S_F32:
+        return (<const float *>p)[i]
+    if code == S_F64:
+        return (<const double *>p)[i]
+    if code == S_BF16:
+        return fn_at(<const fn_bf16 *>p, i)
+    return fn_at(<const fn_f16 *>p, i)
+
+
+cdef inline void store_double(int code, void *p, int64_t i, double v) noexcept nogil:
+    """p[i] = v rounded once to storage code `code` (as NumPy's and
+    ml_dtypes' casts from float64)."""
+    if code == S_F32:
+        (<float *>p)[i] = <float>v
+    elif code == S_F64:
+        (<double *>p)[i] = v
+    elif code == S_BF16:
+        (<fn_bf16 *>p)[i] = fn_std_bf16(v)
+    else:
+        (<fn_f16 *>p)[i] = fn_std_f16(v)
+
+
+cdef void store_doubles(int code, void *p, const double *v, int64_t n) noexcept nogil:
+    """p[:n] = v[:n] rounded once to storage code `code` (store_double)."""
+    cdef int64_t i
+    if code == S_F32:
+        for i in range(n):
+            (<float *>p)[i] = <float>v[i]
+    elif code == S_F64:
+        memcpy(p, v, n * sizeof(double))
+    elif code == S_BF16:
+        for i in range(n):
+            (<fn_bf16 *>p)[i] = fn_std_bf16(v[i])
+    else:
+        for i in range(n):
+            (<fn_f16 *>p)[i] = fn_std_f16(v[i])
+
+
+cdef inline double centre_for(int code, double m) noexcept nogil:
+    """m rounded to the compute type of data of storage code `code` (float64
+    for float64 data, float32 for the others), as fn_centre and
+    _checks.centered."""
+    if code == S_F64:
+        return m
+    return <double><float>m
+
+
+cdef inline double centre_term(double ctr, double m, double factor) noexcept nogil:
+    """(ctr - m) * factor, 0 where m or factor is not finite: _checks.centered."""
+    cdef double d = ctr - m if isfinite(m) else 0.0
+    return d * factor if isfinite(factor) else 0.0
 
 
 def batch_call(x, out, running_mean, running_var, weight, bias, eps, layer_dtype,
@@ -566,7 +870,8 @@ def batch_call(x, out, running_mean, running_var, weight, bias, eps, layer_dtype
     channels: the layer's C (None for a function: any).  None
     also when a variance is not positive or a mean or weight not finite (the
     general path's warnings and rules).  Returns (y, (x, mean, invstd,
-    inplace)): mean, invstd (C,) float64, what a backward call needs."""
+    inplace, False)): mean, invstd (C,) float64, what batch_bwd_call needs
+    (False: the statistics did not come from the batch)."""
     cdef int xcode, pcode, inplace, nd, d
     cdef cnp.ndarray xa
     cdef cnp.npy_intp N, C, L = 1
@@ -619,7 +924,250 @@ def batch_call(x, out, running_mean, running_var, weight, bias, eps, layer_dtype
     finally:
         if k != kbuf:
             free(k)
-    return y, (x, mean, invstd, bool(inplace))
+    return y, (x, mean, invstd, bool(inplace), False)
+
+
+cdef inline int counter_value(object counter, int64_t *value) noexcept:
+    """A layer's num_batches_tracked: an exact writable 0-d int64 array."""
+    cdef int need = cnp.NPY_ARRAY_ALIGNED | cnp.NPY_ARRAY_WRITEABLE
+    if not cnp.PyArray_CheckExact(counter):
+        return 0
+    if (cnp.PyArray_NDIM(<cnp.ndarray>counter) != 0
+            or cnp.PyArray_TYPE(<cnp.ndarray>counter) != cnp.NPY_INT64
+            or (cnp.PyArray_FLAGS(<cnp.ndarray>counter) & need) != need
+            or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>counter)):
+        return 0
+    value[0] = (<int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counter))[0]
+    return 1
+
+
+cdef inline bint is_writable(object o) noexcept:
+    return (cnp.PyArray_FLAGS(<cnp.ndarray>o) & cnp.NPY_ARRAY_WRITEABLE) != 0
+
+
+def batch_train_call(x, out, running_mean, running_var, weight, bias, eps, momentum,
+                     counter, layer_dtype, int min_ndim, int max_ndim, channels):
+    """Batch norm with this batch's statistics, of the common call, or None.
+
+    The general path's arithmetic (_batch_norm.forward), so its bits:
+    mean and biased variance per channel (the reduction of batch_stats),
+    invstd = 1 / sqrt(var + eps), the affine pass with the coefficients of
+    _checks.centered, then the running statistics' update.
+    x (N, C, *) of min_ndim to max_ndim dims, N * L > 1; weight, bias (C,)
+    or None; running_mean, running_var: both None (nothing to update), or
+    both (C,) writable arrays, updated as _checks.blend does with momentum (a float in [0, 1],
+    or None: the cumulative average over the batch count); counter: None,
+    or the layer's num_batches_tracked (0-d int64), incremented (needed
+    for momentum None).  Nothing is written before every check has passed.
+    Returns (y, (x, mean, invstd, inplace, True)): mean, invstd (C,)
+    float64, what batch_bwd_call needs."""
+    cdef int xcode, pcode, inplace, nd, d
+    cdef cnp.ndarray xa
+    cdef cnp.npy_intp N, C, L = 1
+    cdef int64_t c, count, nbt = 0
+    cdef double e, f = 0.0, corr, m, inv, sc, ctr, t
+    cdef float keep
+    cdef double kbuf[4 * SMALL_K]       # centre, scale, shift, var
+    cdef double *k = kbuf
+    cdef double *pm
+    cdef double *pi
+    cdef const void *w
+    cdef const void *b
+    cdef void *prm
+    cdef void *prv
+    cdef bint update
+    if not g_fast:
+        return None
+    xcode = array_code(x, False)
+    if xcode == S_NONE or not data_fits_layer(xcode, layer_code(layer_dtype)):
+        return None
+    xa = <cnp.ndarray>x
+    nd = cnp.PyArray_NDIM(xa)
+    if nd < min_ndim or nd > max_ndim or nd < 2:
+        return None
+    N = cnp.PyArray_DIMS(xa)[0]
+    C = cnp.PyArray_DIMS(xa)[1]
+    for d in range(2, nd):
+        L *= cnp.PyArray_DIMS(xa)[d]
+    count = N * L
+    if count < 2 or C == 0 or not channels_match(channels, C) or not eps_ok(eps, &e):
+        return None
+    update = running_mean is not None or running_var is not None
+    pcode = params_code(xcode, param_code(running_mean, xa, -1),
+                        param_code(running_var, xa, -1), param_code(weight, xa, -1),
+                        param_code(bias, xa, -1))
+    if pcode == S_NONE:
+        return None
+    if update:
+        if (running_mean is None or running_var is None
+                or not is_writable(running_mean) or not is_writable(running_var)):
+            return None
+        if momentum is None:
+            if counter is None or not counter_value(counter, &nbt) or nbt < 0:
+                return None
+            nbt += 1
+            f = 1.0 / <double>nbt
+        elif PyFloat_CheckExact(momentum):
+            f = PyFloat_AS_DOUBLE(momentum)
+            if not (0.0 <= f <= 1.0):
+                return None
+        else:
+            return None
+        if counter is not None and momentum is not None:
+            if not counter_value(counter, &nbt):
+                return None
+            nbt += 1
+    elif counter is not None:
+        return None
+    y = output_for(out, xa, xcode, &inplace)
+    if y is None:
+        return None
+    mean = cnp.PyArray_EMPTY(1, &C, cnp.NPY_DOUBLE, 0)
+    invstd = cnp.PyArray_EMPTY(1, &C, cnp.NPY_DOUBLE, 0)
+    pm = <double *>cnp.PyArray_DATA(<cnp.ndarray>mean)
+    pi = <double *>cnp.PyArray_DATA(<cnp.ndarray>invstd)
+    w = data_or_null(weight)
+    b = data_or_null(bias)
+    if C > SMALL_K:
+        k = <double *>malloc(4 * C * sizeof(double))
+        if k == NULL:
+            raise MemoryError()
+    try:
+        reduction_call(xcode, RED_MOMENTS, cnp.PyArray_DATA(xa), NULL, NULL, N, C, L, pm,
+                       k + 3 * C)
+        for c in range(C):
+            m = pm[c]
+            inv = 1.0 / sqrt(k[3 * C + c] + e)
+            pi[c] = inv
+            sc = inv if w == NULL else inv * value_at(pcode, w, c)
+            ctr = centre_for(xcode, m)
+            t = centre_term(ctr, m, sc)
+            k[c] = ctr
+            k[C + c] = sc
+            k[2 * C + c] = t if b == NULL else t + value_at(pcode, b, c)
+        affine_call(xcode, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(<cnp.ndarray>y), N, C,
+                    L, k)
+        if update:
+            # _checks.blend: (1 - f) * buf + f * new, the product with buf in
+            # the buffer's dtype (NumPy's rule for a Python float), the sum
+            # in float64, rounded once to the buffer's dtype
+            # in the buffer's dtype (NumPy's rule for a Python float) for
+            # float32, in float64 for the others; the sum in float64, rounded
+            # once to the buffer's dtype
+            corr = <double>count / <double>(count - 1)
+            prm = cnp.PyArray_DATA(<cnp.ndarray>running_mean)
+            prv = cnp.PyArray_DATA(<cnp.ndarray>running_var)
+            keep = <float>(1.0 - f)
+            for c in range(C):
+                if pcode == S_F32:
+                    (<float *>prm)[c] = <float>(<double>(keep * (<float *>prm)[c]) + f * pm[c])
+                    (<float *>prv)[c] = <float>(<double>(keep * (<float *>prv)[c])
+                                                + f * (k[3 * C + c] * corr))
+                else:
+                    store_double(pcode, prm, c, (1.0 - f) * value_at(pcode, prm, c) + f * pm[c])
+                    store_double(pcode, prv, c, (1.0 - f) * value_at(pcode, prv, c)
+                                 + f * (k[3 * C + c] * corr))
+            if counter is not None:
+                (<int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counter))[0] = nbt
+    finally:
+        if k != kbuf:
+            free(k)
+    return y, (x, mean, invstd, bool(inplace), True)
+
+
+def batch_bwd_call(grad_output, saved, weight, bint need_weight, bint need_bias):
+    """Gradients of a batch norm forward made by batch_call or
+    batch_train_call, of the common call; or None.
+
+    The general path's arithmetic (_batch_norm.backward), so its bits.
+    saved: the forward's tuple (x, mean, invstd, inplace, batch_stats);
+    grad_output: of x's shape and dtype; weight: the layer's, None or (C,).
+    None also
+    when the forward wrote over its input (the general path's error).
+    Returns (dx, grad_weight or None, grad_bias or None), the gradients in
+    the parameters' dtype."""
+    cdef int xcode, pcode, nd, d, gtype
+    cdef cnp.ndarray xa, ga
+    cdef cnp.npy_intp N, C, L = 1
+    cdef int64_t c, count
+    cdef double inv, a, bb, ctr
+    cdef double kbuf[6 * SMALL_K]       # sum dy, sum dy (x - mean), centre, a, b, k
+    cdef double *k = kbuf
+    cdef const double *pm
+    cdef const double *pi
+    cdef const void *w
+    cdef bint batch_stats
+    if not g_fast or not PyTuple_CheckExact(saved) or PyTuple_GET_SIZE(saved) != 5:
+        return None
+    x, mean, invstd, inplace, batch_stats = saved
+    if inplace is not False:
+        return None
+    xcode = array_code(x, False)
+    if xcode == S_NONE or array_code(grad_output, False) != xcode:
+        return None
+    xa = <cnp.ndarray>x
+    ga = <cnp.ndarray>grad_output
+    nd = cnp.PyArray_NDIM(xa)
+    if cnp.PyArray_NDIM(ga) != nd or nd < 2:
+        return None
+    for d in range(nd):
+        if cnp.PyArray_DIMS(ga)[d] != cnp.PyArray_DIMS(xa)[d]:
+            return None
+    N = cnp.PyArray_DIMS(xa)[0]
+    C = cnp.PyArray_DIMS(xa)[1]
+    for d in range(2, nd):
+        L *= cnp.PyArray_DIMS(xa)[d]
+    count = N * L
+    if count == 0 or C == 0:
+        return None
+    pcode = params_code(xcode, param_code(weight, xa, -1), S_ABSENT, S_ABSENT, S_ABSENT)
+    if pcode == S_NONE:
+        return None
+    # the gradients' dtype: the weight's, else the data's
+    gtype = cnp.PyArray_TYPE(<cnp.ndarray>(x if weight is None else weight))
+    if pcode == S_ABSENT:
+        pcode = xcode
+    pm = <const double *>cnp.PyArray_DATA(<cnp.ndarray>mean)
+    pi = <const double *>cnp.PyArray_DATA(<cnp.ndarray>invstd)
+    w = data_or_null(weight)
+    dx = output_for(None, xa, xcode, &d)
+    gw = cnp.PyArray_EMPTY(1, &C, gtype, 0) if need_weight else None
+    gb = cnp.PyArray_EMPTY(1, &C, gtype, 0) if need_bias else None
+    if C > SMALL_K:
+        k = <double *>malloc(6 * C * sizeof(double))
+        if k == NULL:
+            raise MemoryError()
+    try:
+        reduction_call(xcode, RED_DOT, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(ga), pm, N, C,
+                       L, k, k + C)
+        for c in range(C):
+            inv = pi[c]
+            a = inv if w == NULL else inv * value_at(pcode, w, c)
+            k[3 * C + c] = a
+            if batch_stats:
+                # dx = a*dy - b*(x - mean) - k, x - mean = (x - centre) + (centre - mean)
+                bb = a * inv * inv * k[C + c] / <double>count
+                ctr = centre_for(xcode, pm[c])
+                k[2 * C + c] = ctr
+                k[4 * C + c] = bb
+                k[5 * C + c] = a * k[c] / <double>count + centre_term(ctr, pm[c], bb)
+        if batch_stats:
+            elementwise_call(xcode, OP_BWD, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(ga),
+                             cnp.PyArray_DATA(<cnp.ndarray>dx), N, C, L, 2, k + 2 * C,
+                             k + 3 * C, k + 4 * C, k + 5 * C)
+        else:
+            elementwise_call(xcode, OP_SCALE, cnp.PyArray_DATA(ga), cnp.PyArray_DATA(ga),
+                             cnp.PyArray_DATA(<cnp.ndarray>dx), N, C, L, 1, k + 3 * C,
+                             k + 3 * C, k + 3 * C, k + 3 * C)
+        for c in range(C):
+            if need_weight:
+                store_double(pcode, cnp.PyArray_DATA(<cnp.ndarray>gw), c, k[C + c] * pi[c])
+            if need_bias:
+                store_double(pcode, cnp.PyArray_DATA(<cnp.ndarray>gb), c, k[c])
+    finally:
+        if k != kbuf:
+            free(k)
+    return dx, gw, gb
 
 
 # --------------------------------------------------------------------------

@@ -505,6 +505,97 @@ def rows_forward(const storage[:, ::1] x, storage[:, ::1] out, double eps, bint 
         rows_run(px, po, R, D, eps, rms, w, b, &mean[0], &var[0], &invstd[0])
 
 
+cdef int rows_bwd_run(const storage *px, const storage *pg, storage *po, int64_t R,
+                      int64_t D, bint rms, const void *w, const double *mean,
+                      const double *invstd, double *sum1, double *sum2) except -1:
+    """rows_backward on pointers (w: D values of the compute type)."""
+    cdef int64_t r1, i, d, u
+    cdef int64_t nb = (R + LAYER_ROWS - 1) // LAYER_ROWS
+    cdef int64_t need = fn_rows_scratch(px, D)
+    cdef int nt = threads_for(2 * R * D, nb)
+    # rows from memory, long enough for their next one to be worth asking for
+    cdef int pf = D >= ROW_PF_D and 2 * R * D * sizeof(storage) >= ROW_PF_BYTES
+    cdef double *cs
+    cdef double sa, sb
+    cdef void *scratch = NULL
+    cdef int failed = 0
+    cdef int *fail = &failed    # shared: see reduction()
+    if nb == 1:
+        # one block (a decode step's rows): its partials are the sums.  The
+        # merge below would add them to 0.0, which changes nothing: a sum
+        # that starts from +0.0 is never -0.0 (float32 sums start from a
+        # zeroed scratch, float64 ones from zeroed partials: need == 0)
+        if need == 0:
+            memset(sum1, 0, D * sizeof(double))
+            memset(sum2, 0, D * sizeof(double))
+        scratch = malloc(need) if need > 0 else NULL
+        if need > 0 and scratch == NULL:
+            raise MemoryError()
+        with nogil:
+            note_threads(1)
+            fn_rowsbwd(px, pg, po, D, 0, R, rms, w, mean, invstd, UNIT, scratch, sum1, sum2,
+                       pf)
+        free(scratch)
+        return 0
+    cs = <double *>calloc(2 * nb * D, sizeof(double))
+    if cs == NULL:
+        raise MemoryError()
+    with nogil:
+        if nt == 1:
+            # small call: no parallel region to enter
+            note_threads(1)
+            scratch = malloc(need) if need > 0 else NULL
+            if need > 0 and scratch == NULL:
+                failed = 1
+            else:
+                for i in range(nb):
+                    r1 = min((i + 1) * LAYER_ROWS, R)
+                    fn_rowsbwd(px, pg, po, D, i * LAYER_ROWS, r1, rms, w, mean, invstd,
+                               UNIT, scratch, cs + i * D, cs + (nb + i) * D, pf)
+            free(scratch)
+        else:
+            with parallel(num_threads=nt):
+                # per-thread scratch for the float32 column sums of a block
+                # (none for float64); a thread whose malloc failed does nothing
+                scratch = malloc(need) if need > 0 else NULL
+                if need > 0 and scratch == NULL:
+                    fail[0] = 1
+                note_threads(nt)
+                for i in prange(nb, schedule='static'):
+                    if need == 0 or scratch != NULL:
+                        r1 = (i + 1) * LAYER_ROWS
+                        if r1 > R:
+                            r1 = R
+                        fn_rowsbwd(px, pg, po, D, i * LAYER_ROWS, r1, rms, w, mean,
+                                   invstd, UNIT, scratch, cs + i * D, cs + (nb + i) * D,
+                                   pf)
+                free(scratch)
+    if failed:
+        free(cs)
+        raise MemoryError()
+    with nogil:
+        if nt == 1 or nb == 1:
+            # the same additions per column, blocks outside (in vectors)
+            for d in range(D):
+                sum1[d] = 0.0
+                sum2[d] = 0.0
+            for u in range(nb):
+                for d in range(D):
+                    sum1[d] = sum1[d] + cs[u * D + d]
+                    sum2[d] = sum2[d] + cs[(nb + u) * D + d]
+        else:
+            for d in prange(D, num_threads=nt, schedule='static'):
+                sa = 0.0
+                sb = 0.0
+                for u in range(nb):
+                    sa = sa + cs[u * D + d]
+                    sb = sb + cs[(nb + u) * D + d]
+                sum1[d] = sa
+                sum2[d] = sb
+    free(cs)
+    return 0
+
+
 def rows_backward(const storage[:, ::1] x, const storage[:, ::1] dy,
                   storage[:, ::1] dx, bint rms, const unsigned char[::1] weight,
                   const double[::1] mean, const double[::1] invstd,
@@ -518,53 +609,9 @@ def rows_backward(const storage[:, ::1] x, const storage[:, ::1] dy,
     sum2[d] = sum_r dy * (x - m_r) * inv_r, merged over fixed blocks of
     LAYER_ROWS rows in order.
     """
-    cdef int64_t R = x.shape[0], D = x.shape[1], r1, i, d, u
-    cdef int64_t nb = (R + LAYER_ROWS - 1) // LAYER_ROWS
-    cdef int64_t need = fn_rows_scratch(&x[0, 0], D)
-    cdef int nt = threads_for(2 * R * D, nb)
-    # rows from memory, long enough for their next one to be worth asking for
-    cdef int pf = D >= ROW_PF_D and 2 * R * D * sizeof(storage) >= ROW_PF_BYTES
-    cdef const storage *px = &x[0, 0]
-    cdef const storage *pg = &dy[0, 0]
-    cdef storage *po = &dx[0, 0]
-    cdef const void *w = param_ptr(weight, D, fn_csize(px))
-    cdef double *cs = <double *>calloc(2 * nb * D, sizeof(double))
-    cdef double sa, sb
-    cdef void *scratch = NULL
-    cdef int failed = 0
-    cdef int *fail = &failed    # shared: see reduction()
-    if cs == NULL:
-        raise MemoryError()
-    with nogil:
-        with parallel(num_threads=nt):
-            # per-thread scratch for the float32 column sums of a block
-            # (none for float64); a thread whose malloc failed does nothing
-            scratch = malloc(need) if need > 0 else NULL
-            if need > 0 and scratch == NULL:
-                fail[0] = 1
-            note_threads(nt)
-            for i in prange(nb, schedule='static'):
-                if need == 0 or scratch != NULL:
-                    r1 = (i + 1) * LAYER_ROWS
-                    if r1 > R:
-                        r1 = R
-                    fn_rowsbwd(px, pg, po, D, i * LAYER_ROWS, r1, rms, w, &mean[0],
-                               &invstd[0], UNIT, scratch, cs + i * D, cs + (nb + i) * D,
-                               pf)
-            free(scratch)
-    if failed:
-        free(cs)
-        raise MemoryError()
-    with nogil:
-        for d in prange(D, num_threads=nt, schedule='static'):
-            sa = 0.0
-            sb = 0.0
-            for u in range(nb):
-                sa = sa + cs[u * D + d]
-                sb = sb + cs[(nb + u) * D + d]
-            sum1[d] = sa
-            sum2[d] = sb
-    free(cs)
+    rows_bwd_run(&x[0, 0], &dy[0, 0], &dx[0, 0], x.shape[0], x.shape[1], rms,
+                 param_ptr(weight, x.shape[1], fn_csize(&x[0, 0])), &mean[0], &invstd[0],
+                 &sum1[0], &sum2[0])
 
 
 # --------------------------------------------------------------------------
@@ -718,6 +765,27 @@ cdef inline void group_backward(const storage *x, const storage *dy, storage *dx
                   x + D + k * L, dy + D + k * L)
 
 
+cdef int groups_bwd_run(const storage *px, const storage *pg, storage *po, int64_t R,
+                        int64_t D, int64_t G, int64_t K, const void *w, const double *mean,
+                        const double *invstd, double *sum1, double *sum2) except -1:
+    """groups_backward on pointers (w: G * K values of the compute type, or
+    NULL)."""
+    cdef int64_t r
+    cdef int nt = threads_for(2 * R * D, R)
+    with nogil:
+        if nt == 1:
+            note_threads(1)
+            for r in range(R):
+                group_backward(px + r * D, pg + r * D, po + r * D, D, r, G, K, w,
+                               mean[r], invstd[r], sum1 + r * K, sum2 + r * K)
+        else:
+            for r in prange(R, num_threads=nt, schedule='static'):
+                note_threads(nt)
+                group_backward(px + r * D, pg + r * D, po + r * D, D, r, G, K, w,
+                               mean[r], invstd[r], sum1 + r * K, sum2 + r * K)
+    return 0
+
+
 def groups_backward(const storage[:, ::1] x, const storage[:, ::1] dy,
                     storage[:, ::1] dx, int64_t G, int64_t K,
                     const unsigned char[::1] weight, const double[::1] mean,
@@ -730,14 +798,6 @@ def groups_backward(const storage[:, ::1] x, const storage[:, ::1] dy,
     OUT sum1, sum2 (R * K,): per channel plane of each slice, sum dy and
     sum dy * (x - m_r).
     """
-    cdef int64_t R = x.shape[0], D = x.shape[1], r
-    cdef int nt = threads_for(2 * R * D, R)
-    cdef const storage *px = &x[0, 0]
-    cdef const storage *pg = &dy[0, 0]
-    cdef storage *po = &dx[0, 0]
-    cdef const void *w = param_ptr(weight, G * K, fn_csize(px))
-    with nogil:
-        for r in prange(R, num_threads=nt, schedule='static'):
-            note_threads(nt)
-            group_backward(px + r * D, pg + r * D, po + r * D, D, r, G, K, w,
-                           mean[r], invstd[r], &sum1[r * K], &sum2[r * K])
+    groups_bwd_run(&x[0, 0], &dy[0, 0], &dx[0, 0], x.shape[0], x.shape[1], G, K,
+                   param_ptr(weight, G * K, fn_csize(&x[0, 0])), &mean[0], &invstd[0],
+                   &sum1[0], &sum2[0])

@@ -225,17 +225,25 @@ static inline void fn_rowsbwd_##SUF(const S *x, const S *dy, S *dx, int64_t D,\
     for (int64_t r = r0; r < r1; r++)                                         \
         fn_lnrow_##SUF(x + r * D, dy + r * D, dx + r * D, (const float *)w, D,\
                        mean[r], invstd[r], rms, f1, f2, pf);                  \
+    /* flush in vectors; then redo the columns whose sum is not finite */    \
+    int bad = 0;                                                              \
     for (int64_t d = 0; d < D; d++) {                                         \
-        double s1 = (double)f1[d], s2 = (double)f2[d];                        \
-        if (!(__builtin_isfinite(s1) && __builtin_isfinite(s2))) {            \
-            s1 = 0.0;                                                         \
-            s2 = 0.0;                                                         \
-            for (int64_t r = r0; r < r1; r++) {                               \
-                s1 = s1 + (double)fn_ld_##SUF(dy[r * D + d]);                 \
-                s2 = s2 + (double)fn_ld_##SUF(dy[r * D + d])                  \
-                     * (((double)fn_ld_##SUF(x[r * D + d]) - mean[r])         \
-                        * invstd[r]);                                         \
-            }                                                                 \
+        c1[d] = (double)f1[d];                                                \
+        c2[d] = (double)f2[d];                                                \
+        /* f - f is 0 for a finite f, NaN for an infinity or a NaN */         \
+        bad |= ((f1[d] - f1[d]) != 0.0f) | ((f2[d] - f2[d]) != 0.0f);         \
+    }                                                                         \
+    if (!bad)                                                                 \
+        return;                                                               \
+    for (int64_t d = 0; d < D; d++) {                                         \
+        if (__builtin_isfinite(c1[d]) && __builtin_isfinite(c2[d]))           \
+            continue;                                                         \
+        double s1 = 0.0, s2 = 0.0;                                            \
+        for (int64_t r = r0; r < r1; r++) {                                   \
+            s1 = s1 + (double)fn_ld_##SUF(dy[r * D + d]);                     \
+            s2 = s2 + (double)fn_ld_##SUF(dy[r * D + d])                      \
+                 * (((double)fn_ld_##SUF(x[r * D + d]) - mean[r])             \
+                    * invstd[r]);                                             \
         }                                                                     \
         c1[d] = s1;                                                           \
         c2[d] = s2;                                                           \

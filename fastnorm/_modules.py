@@ -259,6 +259,18 @@ class _BatchNorm(_NormBase):
                 y, self._saved = r
                 self._saved_training = False
                 return y
+        elif self.training and (m is None or (type(m) is float and 0.0 <= m <= 1.0)):
+            # the common training call likewise: batch statistics, running
+            # statistics and num_batches_tracked updated in one kernel call
+            nd = self._ndims
+            r = _kernels.batch_train_call(x, out, self.running_mean, self.running_var,
+                                          self.weight, self.bias, self.eps, m,
+                                          self.num_batches_tracked, self.dtype, nd[0],
+                                          nd[-1], self.num_features)
+            if r is not None:
+                y, self._saved = r
+                self._saved_training = True
+                return y
         where = type(self).__name__
         x = self._check_input(x, where)
         batch_stats = self.training or self.running_mean is None
@@ -283,9 +295,13 @@ class _BatchNorm(_NormBase):
         """
         where = f"{type(self).__name__}.backward"
         saved = self._saved_for_backward(where)
-        dx, gw, gb = _bn.backward(where, grad_output, saved, self.weight,
-                                  self.weight is not None, self.bias is not None, out)
-        self.weight_grad, self.bias_grad = gw, gb
+        need_w, need_b = self.weight is not None, self.bias is not None
+        # the common call in one kernel call, or None: _kernels_fast.pxi
+        r = (_kernels.batch_bwd_call(grad_output, saved, self.weight, need_w, need_b)
+             if out is None else None)
+        if r is None:
+            r = _bn.backward(where, grad_output, saved, self.weight, need_w, need_b, out)
+        dx, self.weight_grad, self.bias_grad = r
         return dx
 
 
@@ -374,12 +390,21 @@ class _InstanceNorm(_NormBase):
         """Input gradient of the last forward call; stores weight_grad, bias_grad."""
         where = f"{type(self).__name__}.backward"
         saved, unbatched = self._saved_for_backward(where)
+        need_w, need_b = self.weight is not None, self.bias is not None
+        if type(saved) is tuple:
+            # a fast path's forward (groups_call: G last, or batch_call): the
+            # common backward in one kernel call, or None
+            call = _kernels.batch_bwd_call if type(saved[4]) is bool else _kernels.groups_bwd_call
+            r = call(grad_output, saved, self.weight, need_w, need_b)
+            if r is not None:
+                dx, self.weight_grad, self.bias_grad = r
+                return dx
         g = grad_output
         if unbatched:  # the forward added the batch dim: check against the caller's shape
             g = ck.grad_output(grad_output, saved.shape[1:], saved.x3.dtype, where)[None]
-        need_w, need_b = self.weight is not None, self.bias is not None
-        if type(saved) is tuple:        # a fast path's: groups_call or batch_call
-            saved = _gn.saved_groups(saved) if len(saved) == 5 else _bn.saved_eval(saved)
+        if type(saved) is tuple:        # a fast path's: groups_call (G last) or batch_call
+            saved = (_bn.saved_eval(saved) if type(saved[4]) is bool
+                     else _gn.saved_groups(saved))
         if isinstance(saved, _gn.SavedGroups):
             dx, gw, gb = _gn.backward(where, g, saved, self.weight, need_w, need_b)
         else:
@@ -456,9 +481,13 @@ class GroupNorm(_Affine):
     def backward(self, grad_output):
         """Input gradient of the last forward call; stores weight_grad, bias_grad."""
         where = "GroupNorm.backward"
-        dx, gw, gb = _gn.backward(where, grad_output, self._last_forward(where), self.weight,
-                                  self.weight is not None, self.bias is not None)
-        self.weight_grad, self.bias_grad = gw, gb
+        saved = self._last_forward(where)
+        need_w, need_b = self.weight is not None, self.bias is not None
+        # the common call in one kernel call, or None: _kernels_fast.pxi
+        r = _kernels.groups_bwd_call(grad_output, saved, self.weight, need_w, need_b)
+        if r is None:
+            r = _gn.backward(where, grad_output, saved, self.weight, need_w, need_b)
+        dx, self.weight_grad, self.bias_grad = r
         return dx
 
 
@@ -497,10 +526,14 @@ class _RowNorm(_Affine):
     def backward(self, grad_output):
         """Input gradient of the last forward call; stores weight_grad, bias_grad."""
         where = f"{type(self).__name__}.backward"
-        dx, gw, gb = _ln.backward(where, grad_output, self._last_forward(where), self.weight,
-                                  self.normalized_shape, self.weight is not None,
-                                  self.bias is not None)
-        self.weight_grad, self.bias_grad = gw, gb
+        saved = self._last_forward(where)
+        need_w, need_b = self.weight is not None, self.bias is not None
+        # the common call in one kernel call, or None: _kernels_fast.pxi
+        r = _kernels.rows_bwd_call(grad_output, saved, self.weight, need_w, need_b)
+        if r is None:
+            r = _ln.backward(where, grad_output, saved, self.weight, self.normalized_shape,
+                             need_w, need_b)
+        dx, self.weight_grad, self.bias_grad = r
         return dx
 
 

@@ -45,10 +45,14 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None,
     momentum must be a number in [0, 1] here (the layers implement
     momentum=None).  ``out`` receives the result and may be ``input`` itself.
     """
-    if not training and type(momentum) is float and 0.0 <= momentum <= 1.0:
-        # the common eval call in one kernel call, or None: _kernels_fast.pxi
-        r = _kernels.batch_call(input, out, running_mean, running_var, weight, bias, eps,
-                                None, 2, 63, None)
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:
+        # the common call in one kernel call, or None: _kernels_fast.pxi
+        if not training:
+            r = _kernels.batch_call(input, out, running_mean, running_var, weight, bias, eps,
+                                    None, 2, 63, None)
+        else:
+            r = _kernels.batch_train_call(input, out, running_mean, running_var, weight,
+                                          bias, eps, momentum, None, None, 2, 63, None)
         if r is not None:
             return r[0]
     where = "batch_norm"

@@ -18,6 +18,7 @@ DTYPES = cat.storage_dtypes()
 # tracks running statistics, so its training calls update them (general
 # path) and its eval calls normalise with them (batch_call)
 FAST = {("BatchNorm1d", "eval"), ("BatchNorm2d", "eval"), ("BatchNorm3d", "eval"),
+        ("BatchNorm1d", "train"), ("BatchNorm2d", "train"), ("BatchNorm3d", "train"),
         ("SyncBatchNorm", "eval"), ("LayerNorm", "train"), ("RMSNorm", "train"),
         ("GroupNorm", "train"), ("InstanceNorm1d", "eval"), ("InstanceNorm2d", "eval"),
         ("InstanceNorm3d", "eval"), ("LocalResponseNorm", "train")}
@@ -293,3 +294,122 @@ def test_out_on_the_inputs_memory_with_other_strides_is_refused():
     out = np.lib.stride_tricks.as_strided(x, shape=(1, 4), strides=(8, 4), writeable=True)
     with pytest.raises(ValueError, match="out overlaps the input"):
         F.layer_norm(x, 4, out=out)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # the general path on inf * 0
+@pytest.mark.parametrize("momentum", [0.1, None, 0.0, 1.0])
+@pytest.mark.parametrize("track,affine", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("dtype,layer_dtype", [(np.float32, np.float32),
+                                               (np.float64, np.float64),
+                                               (np.float16, np.float32),
+                                               (np.float16, np.float16)])
+def test_batch_norm_training_fast_path_is_the_general_path(momentum, track, affine, dtype,
+                                                           layer_dtype):
+    """Training calls, one after another: outputs, running statistics, the
+    batch count and gradients bit for bit those of the general path, NaN
+    and infinity in the batch included (momentum=None: the cumulative
+    average over the count)."""
+    rng = np.random.default_rng(3)
+    a, b = (fastnorm.BatchNorm2d(6, momentum=momentum, affine=affine,
+                                 track_running_stats=track, dtype=layer_dtype)
+            for _ in range(2))
+    if affine:
+        for layer in (a, b):
+            layer.weight[...] = np.linspace(-2, 3, 6)
+            layer.bias[...] = np.linspace(1, -1, 6)
+    for step in range(4):
+        x = (rng.normal(size=(3, 6, 5, 4)) * 3 + step).astype(dtype)
+        if step == 2:
+            x[1, 2, 3, 1] = np.nan
+            x[0, 4, 0, 0] = np.inf
+        g = rng.normal(size=x.shape).astype(dtype)
+        y = a(x)
+        assert took_fast_path(a)
+        want = general_path(b, x)
+        assert not took_fast_path(b)
+        assert y.tobytes() == want.tobytes()
+        sa, sb = _state(a), _state(b)
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert sa[k].tobytes() == sb[k].tobytes(), (step, k)
+        assert a.backward(g).tobytes() == b.backward(g).tobytes()
+        for k in ("weight_grad", "bias_grad"):
+            ga, gb = getattr(a, k), getattr(b, k)
+            assert (ga is None) == (gb is None)
+            if ga is not None:
+                assert ga.dtype == gb.dtype and ga.tobytes() == gb.tobytes(), k
+
+
+def test_batch_norm_training_fast_path_failed_calls_change_nothing():
+    """Calls the training fast path declines keep the general path's errors,
+    and neither path changes a running statistic or the count first."""
+    bn = fastnorm.BatchNorm1d(4)
+    bn.running_mean[...] = [1, 2, 3, 4]
+    before = _state(bn)
+    for x, err in [(np.ones((1, 4), np.float32), "more than 1 value per channel"),
+                   (np.ones((5, 3), np.float32), "expected input with 4 channels"),
+                   (np.ones((5, 4), np.float64), "dtype")]:
+        with pytest.raises((ValueError, TypeError), match=err):
+            bn(x)
+        for k, v in _state(bn).items():
+            assert v.tobytes() == before[k].tobytes(), k
+    bn.running_var.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        bn(np.ones((5, 4), np.float32))
+    assert bn.running_mean.tobytes() == before["running_mean"].tobytes()
+    assert int(bn.num_batches_tracked) == 0
+
+
+def _backward_call(layer):
+    """The backward fast path a layer's last forward leads to."""
+    from fastnorm._native import kernels
+    saved = layer._saved
+    if type(saved) is tuple and len(saved) == 2:    # InstanceNorm's (saved, unbatched)
+        saved = saved[0]
+    if isinstance(layer, (fastnorm.LayerNorm, fastnorm.RMSNorm)):
+        return kernels.rows_bwd_call, saved
+    if type(saved[4]) is bool:
+        return kernels.batch_bwd_call, saved
+    return kernels.groups_bwd_call, saved
+
+
+@pytest.mark.parametrize("make,shape,mode", [
+    (lambda dt: fastnorm.BatchNorm2d(16, dtype=dt), (1, 16, 8, 8), "train"),
+    (lambda dt: fastnorm.BatchNorm2d(16, dtype=dt), (1, 16, 8, 8), "eval"),
+    (lambda dt: fastnorm.BatchNorm1d(16, dtype=dt), (64, 16), "train"),
+    (lambda dt: fastnorm.InstanceNorm2d(16, affine=True, dtype=dt), (1, 16, 8, 8), "train"),
+    (lambda dt: fastnorm.InstanceNorm2d(16, affine=True, track_running_stats=True, dtype=dt),
+     (1, 16, 8, 8), "eval"),
+    (lambda dt: fastnorm.GroupNorm(4, 16, dtype=dt), (1, 16, 8, 8), "train"),
+    (lambda dt: fastnorm.GroupNorm(2, 6, affine=False, dtype=dt), (3, 6, 5), "train"),
+    (lambda dt: fastnorm.LayerNorm(768, dtype=dt), (1, 768), "train"),
+    (lambda dt: fastnorm.LayerNorm((4, 6), bias=False, dtype=dt), (130, 4, 6), "train"),
+    (lambda dt: fastnorm.RMSNorm(4096, dtype=dt), (1, 1, 4096), "train"),
+    (lambda dt: fastnorm.RMSNorm(96, elementwise_affine=False, dtype=dt), (70, 96), "train"),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_backward_fast_path_takes_the_common_call(make, shape, mode, dtype):
+    """A tiny call's backward runs in one kernel call (the call returns its
+    result, not None), with the general path's bits."""
+    rng = np.random.default_rng(4)
+    layer = make(dtype).train(mode == "train")
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        v = getattr(layer, name, None)
+        if v is not None:
+            v[...] = rng.uniform(0.5, 2, v.shape)
+    x = (rng.normal(size=shape) * 2 + 1).astype(dtype)
+    g = rng.normal(size=shape).astype(dtype)
+    layer(x)
+    call, saved = _backward_call(layer)
+    need_w, need_b = layer.weight is not None, layer.bias is not None
+    r = call(g, saved, layer.weight, need_w, need_b)
+    assert r is not None
+    with fast_paths_off():
+        dx = layer.backward(g)
+    assert r[0].dtype == dx.dtype and r[0].tobytes() == dx.tobytes()
+    for got, name in zip(r[1:], ("weight_grad", "bias_grad")):
+        want = getattr(layer, name)
+        assert (got is None) == (want is None), name
+        if got is not None:
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert got.tobytes() == want.tobytes(), name
