@@ -401,9 +401,9 @@ cdef void groups_dispatch(int code, const void *x, void *y, int64_t R, int64_t D
 
 def groups_call(x, out, groups, weight, bias, eps, layer_dtype, int min_ndim,
                 int max_ndim, channels, running_mean, running_var,
-                bint instance=False):
-    """GroupNorm, or InstanceNorm with the input's statistics and no update
-    of running statistics, of the common call; or None.
+                bint instance=False, bint update=False, momentum=None, counter=None):
+    """GroupNorm, or InstanceNorm with the input's statistics, of the common
+    call; or None.
 
     x (N, C, *) of min_ndim to max_ndim dims, non-empty; groups: a
     positive int dividing C, or with instance InstanceNorm (groups
@@ -412,6 +412,11 @@ def groups_call(x, out, groups, weight, bias, eps, layer_dtype, int min_ndim,
     (an InstanceNorm layer tracking statistics in eval mode normalises
     with them: batch_call) but not read; channels: the layer's C (None
     for a function: any).
+    update (InstanceNorm, C > 1): fold the batch average of the instance
+    statistics (unbiased variance) into running_mean / running_var, as
+    _group_norm.instance_forward does, with momentum (a float in [0, 1], or
+    None: the cumulative average over counter + 1 batches, and then the
+    counter, num_batches_tracked, is incremented).
     Slices of at most FUSE_BYTES only.  Returns (y, (x, mean, invstd,
     inplace, G)): mean, invstd (N * G,) float64."""
     cdef int xcode, pcode, inplace, nd, d
@@ -424,6 +429,9 @@ def groups_call(x, out, groups, weight, bias, eps, layer_dtype, int min_ndim,
     cdef float *owned = NULL
     cdef double vbuf[64]
     cdef double *var = vbuf
+    cdef double f = 0.0, corr, sm, sv
+    cdef int64_t nbt = 0, c, n
+    cdef const double *pm
     if not g_fast:
         return None
     xcode = array_code(x, False)
@@ -457,6 +465,10 @@ def groups_call(x, out, groups, weight, bias, eps, layer_dtype, int min_ndim,
                         param_code(running_mean, xa, -1), param_code(running_var, xa, -1))
     if pcode == S_NONE:
         return None
+    if update and (not instance or C < 2
+                   or not update_args(running_mean, running_var, momentum, counter, &f,
+                                      &nbt)):
+        return None
     y = output_for(out, xa, xcode, &inplace)
     if y is None:
         return None
@@ -472,6 +484,23 @@ def groups_call(x, out, groups, weight, bias, eps, layer_dtype, int min_ndim,
         groups_dispatch(xcode, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(<cnp.ndarray>y), R, D,
                         G, C // G, e, wk, bk, <double *>cnp.PyArray_DATA(<cnp.ndarray>mean),
                         var, <double *>cnp.PyArray_DATA(<cnp.ndarray>invstd))
+    if update:
+        # as instance_forward: NumPy's mean over the samples (a sum from 0 in
+        # order, then / N) of the means and of var * (L / (L - 1)), blended
+        pm = <const double *>cnp.PyArray_DATA(<cnp.ndarray>mean)
+        corr = <double>L / <double>(L - 1)
+        for c in range(C):
+            sm = 0.0
+            sv = 0.0
+            for n in range(N):
+                sm = sm + pm[n * C + c]
+                sv = sv + var[n * C + c] * corr
+            blend_at(pcode, cnp.PyArray_DATA(<cnp.ndarray>running_mean), c, f,
+                     f * (sm / <double>N))
+            blend_at(pcode, cnp.PyArray_DATA(<cnp.ndarray>running_var), c, f,
+                     f * (sv / <double>N))
+        if counter is not None and momentum is None:
+            (<int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counter))[0] = nbt
     if var != vbuf:
         free(var)
     free(owned)
@@ -843,6 +872,44 @@ cdef void store_doubles(int code, void *p, const double *v, int64_t n) noexcept 
             (<fn_f16 *>p)[i] = fn_std_f16(v[i])
 
 
+cdef inline void blend_at(int code, void *buf, int64_t i, double f, double step) noexcept nogil:
+    """buf[i] = (1 - f) * buf[i] + step, as _checks.blend: the product in
+    float32 for a float32 buffer (NumPy's rule for a Python float), in
+    float64 for the others; the sum in float64, rounded once to the
+    buffer's dtype."""
+    cdef float keep
+    if code == S_F32:
+        keep = <float>(1.0 - f)
+        (<float *>buf)[i] = <float>(<double>(keep * (<float *>buf)[i]) + step)
+    else:
+        store_double(code, buf, i, (1.0 - f) * value_at(code, buf, i) + step)
+
+
+cdef int update_args(object running_mean, object running_var, object momentum,
+                     object counter, double *f, int64_t *nbt) noexcept:
+    """The running statistics' update of a training call: 1 when both
+    buffers are writable and momentum a float in [0, 1] (f = momentum), or
+    None with a counter (f = 1 / (count + 1)); nbt = counter + 1 (0 without
+    a counter).  0 otherwise (the general path explains)."""
+    nbt[0] = 0
+    if (running_mean is None or running_var is None or not is_writable(running_mean)
+            or not is_writable(running_var)):
+        return 0
+    if counter is not None:
+        if not counter_value(counter, nbt) or nbt[0] < 0:
+            return 0
+        nbt[0] += 1
+    if momentum is None:
+        if counter is None:
+            return 0
+        f[0] = 1.0 / <double>nbt[0]
+        return 1
+    if not PyFloat_CheckExact(momentum):
+        return 0
+    f[0] = PyFloat_AS_DOUBLE(momentum)
+    return 0.0 <= f[0] <= 1.0
+
+
 cdef inline double centre_for(int code, double m) noexcept nogil:
     """m rounded to the compute type of data of storage code `code` (float64
     for float64 data, float32 for the others), as fn_centre and
@@ -966,7 +1033,6 @@ def batch_train_call(x, out, running_mean, running_var, weight, bias, eps, momen
     cdef cnp.npy_intp N, C, L = 1
     cdef int64_t c, count, nbt = 0
     cdef double e, f = 0.0, corr, m, inv, sc, ctr, t
-    cdef float keep
     cdef double kbuf[4 * SMALL_K]       # centre, scale, shift, var
     cdef double *k = kbuf
     cdef double *pm
@@ -999,24 +1065,8 @@ def batch_train_call(x, out, running_mean, running_var, weight, bias, eps, momen
     if pcode == S_NONE:
         return None
     if update:
-        if (running_mean is None or running_var is None
-                or not is_writable(running_mean) or not is_writable(running_var)):
+        if not update_args(running_mean, running_var, momentum, counter, &f, &nbt):
             return None
-        if momentum is None:
-            if counter is None or not counter_value(counter, &nbt) or nbt < 0:
-                return None
-            nbt += 1
-            f = 1.0 / <double>nbt
-        elif PyFloat_CheckExact(momentum):
-            f = PyFloat_AS_DOUBLE(momentum)
-            if not (0.0 <= f <= 1.0):
-                return None
-        else:
-            return None
-        if counter is not None and momentum is not None:
-            if not counter_value(counter, &nbt):
-                return None
-            nbt += 1
     elif counter is not None:
         return None
     y = output_for(out, xa, xcode, &inplace)
@@ -1048,25 +1098,13 @@ def batch_train_call(x, out, running_mean, running_var, weight, bias, eps, momen
         affine_call(xcode, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(<cnp.ndarray>y), N, C,
                     L, k)
         if update:
-            # _checks.blend: (1 - f) * buf + f * new, the product with buf in
-            # the buffer's dtype (NumPy's rule for a Python float), the sum
-            # in float64, rounded once to the buffer's dtype
-            # in the buffer's dtype (NumPy's rule for a Python float) for
-            # float32, in float64 for the others; the sum in float64, rounded
-            # once to the buffer's dtype
+            # _checks.blend of the batch mean and unbiased variance
             corr = <double>count / <double>(count - 1)
             prm = cnp.PyArray_DATA(<cnp.ndarray>running_mean)
             prv = cnp.PyArray_DATA(<cnp.ndarray>running_var)
-            keep = <float>(1.0 - f)
             for c in range(C):
-                if pcode == S_F32:
-                    (<float *>prm)[c] = <float>(<double>(keep * (<float *>prm)[c]) + f * pm[c])
-                    (<float *>prv)[c] = <float>(<double>(keep * (<float *>prv)[c])
-                                                + f * (k[3 * C + c] * corr))
-                else:
-                    store_double(pcode, prm, c, (1.0 - f) * value_at(pcode, prm, c) + f * pm[c])
-                    store_double(pcode, prv, c, (1.0 - f) * value_at(pcode, prv, c)
-                                 + f * (k[3 * C + c] * corr))
+                blend_at(pcode, prm, c, f, f * pm[c])
+                blend_at(pcode, prv, c, f, f * (k[3 * C + c] * corr))
             if counter is not None:
                 (<int64_t *>cnp.PyArray_DATA(<cnp.ndarray>counter))[0] = nbt
     finally:

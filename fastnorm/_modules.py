@@ -341,11 +341,17 @@ class _InstanceNorm(_NormBase):
                          bias, dtype)
 
     def _forward(self, x, out):
-        if not (self.training and self.track_running_stats) and _momentum_ok(self.momentum):
-            # the common call (batched, no running statistics to update) in
-            # one kernel call, or None: _kernels_fast.pxi says what it takes
+        if _momentum_ok(self.momentum):
+            # the common batched call in one kernel call (a training call's
+            # update of the running statistics included), or None:
+            # _kernels_fast.pxi says what it takes
             nd, C = self._ndims[-1], self.num_features
-            if self.training or not self.track_running_stats:
+            if self.training and self.track_running_stats:
+                r = _kernels.groups_call(x, out, None, self.weight, self.bias, self.eps,
+                                         self.dtype, nd, nd, C, self.running_mean,
+                                         self.running_var, True, True, self.momentum,
+                                         self.num_batches_tracked)
+            elif self.training or not self.track_running_stats:
                 r = _kernels.groups_call(x, out, None, self.weight, self.bias, self.eps,
                                          self.dtype, nd, nd, C, self.running_mean,
                                          self.running_var, True)
