@@ -85,7 +85,62 @@ def main(argv=None):
         torch.set_num_threads(was)
     print("\nx add: fastnorm time / np.add time; vs torch: torch module / fastnorm layer; "
           "vs F: torch functional / fastnorm functional")
+    print("\nTraining: the layer's eval call, its training forward and its backward "
+          "(layer.backward after a training forward: the input's and the parameters' "
+          "gradients), against torch's module in training mode (forward recording "
+          "autograd; backward: torch.autograd.grad of the input and the parameters)")
+    cols = (f"{'case':<28} {'eval':>7} {'train':>7} {'x eval':>6} {'backward':>8} "
+            f"{'x eval':>6} {'torch train':>11} {'vs torch':>8} {'torch bwd':>9} "
+            f"{'vs torch':>8}")
+    print(cols + "\n" + "-" * len(cols))
+    torch.set_num_threads(1)
+    try:
+        training_rows(dt, np.random.default_rng(0), a)
+    finally:
+        torch.set_num_threads(was)
+    print("\nx eval: time / the eval call's (issue target: <= 3); vs torch: torch / "
+          "fastnorm (> 1: fastnorm faster)")
     return 0
+
+
+def training_rows(dt, rng, a):
+    import copy
+
+    import torch
+    from fastnorm.bench import _torch_callable
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        for name, x, layer, _, tmod, _ in cases(dt, rng):
+            if x.shape == (1, 16):      # batch statistics need more than one value
+                name = name.replace("1x16", "64x16")
+                x = rng.standard_normal((64, 16), dtype=np.float32).astype(x.dtype)
+            ev, tr = copy.deepcopy(layer).eval(), copy.deepcopy(layer).train()
+            g = rng.standard_normal(x.shape, dtype=np.float32).astype(x.dtype)
+            tr(x)
+            fns = {"eval": lambda: ev(x), "train": lambda: tr(x),
+                   "bwd": lambda: tr.backward(g)}
+            if tmod is not None:
+                tmod = copy.deepcopy(tmod).train()
+                tx = _to_torch(x).clone().requires_grad_(True)
+                try:
+                    tmod(tx)
+                    fns["ttrain"] = lambda: tmod(tx)
+                    fns["tbwd"] = _torch_callable(tmod, x, g, "backward")
+                    fns["tbwd"]()
+                except Exception:  # noqa: BLE001  (no 16-bit kernel: "-")
+                    fns.pop("ttrain", None)
+                    fns.pop("tbwd", None)
+            r = {k: v["median_s"] * 1e6 for k, v in measure(fns, a.repeat, a.min_time).items()}
+
+            def col(k, w):
+                return f"{r[k]:>{w}.2f}" if k in r else f"{'-':>{w}}"
+
+            def ratio(num, den, w):
+                if num not in r or den not in r:
+                    return f"{'-':>{w}}"
+                return f"{r[num] / r[den]:>{w - 1}.2f}x"
+            print(f"{name:<28} {col('eval', 7)} {col('train', 7)} {ratio('train', 'eval', 6)} "
+                  f"{col('bwd', 8)} {ratio('bwd', 'eval', 6)} {col('ttrain', 11)} "
+                  f"{ratio('ttrain', 'train', 8)} {col('tbwd', 9)} {ratio('tbwd', 'bwd', 8)}")
 
 
 def rows(dt, rng, a):

@@ -162,12 +162,18 @@ def test_per_call_script_times_every_layer(capsys):
     threads = torch.get_num_threads()
     assert mod.main(["--repeat", "1", "--min-time", "0"]) == 0
     assert torch.get_num_threads() == threads           # restored
-    rows = [ln for ln in capsys.readouterr().out.splitlines() if " 1x" in ln]
+    out = capsys.readouterr().out.splitlines()
+    rows = [ln for ln in out if " 1x" in ln]
     names = {ln.split()[0] for ln in rows}
     assert names == {"BatchNorm2d", "BatchNorm1d", "InstanceNorm2d", "GroupNorm(4)",
                      "LayerNorm", "RMSNorm", "LocalResponseNorm", "SwitchableNorm2d"}
     for ln in rows:
         assert float(ln.split()[2]) > 0 and float(ln.split()[3]) > 0    # np.add, layer
+    # the training table: each layer once more (BatchNorm1d on 64x16), with
+    # eval, training forward and backward times
+    assert sum(ln.startswith("SwitchableNorm2d") for ln in rows) == 2
+    train = [ln for ln in out if ln.startswith("BatchNorm1d 64x16")]
+    assert len(train) == 1 and all(float(v) > 0 for v in train[0].split()[2:4])
 
 
 def test_torch_backward_row_asks_for_the_parameters_gradients_too():
