@@ -109,8 +109,8 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
     g3 = ck.for_kernel(g).reshape(1, N * C, L)
     # per (n, c) sums: as large as x itself on (N, C) batches, so from the
     # pool (a fresh array there costs more in page faults than the kernel)
-    s1 = _pool.empty((N * C,), np.float64)    # sum of dy per (n, c)
-    s2 = _pool.empty((N * C,), np.float64)    # sum of dy * (x - mean) per (n, c)
+    s1 = _pool.scratch((N * C,), np.float64)    # sum of dy per (n, c)
+    s2 = _pool.scratch((N * C,), np.float64)    # sum of dy * (x - mean) per (n, c)
     if ck.fused(cg * L, dt):
         _kernels.groups_backward(kv(x3.reshape(N * G, cg * L)), kv(g3.reshape(N * G, cg * L)),
                                  kv(dx.reshape(N * G, cg * L)), G, cg,

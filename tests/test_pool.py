@@ -113,6 +113,24 @@ def test_small_outputs_bypass_the_pool(fresh_pool, rng):
     assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
 
 
+def test_group_norm_backward_temporaries_come_back_from_the_pool(fresh_pool, rng):
+    """GroupNorm's backward on (N, C) keeps per-(n, c) sums of 1-8 MiB, below
+    the output threshold: they come from the pool (the second call takes
+    the first call's blocks back) and the gradients do not change."""
+    N, C = 64, 4096
+    assert _pool.SCRATCH_THRESHOLD <= N * C * 8 < _pool.THRESHOLD
+    x = rng.normal(size=(N, C)).astype(np.float32)
+    g = rng.normal(size=(N, C)).astype(np.float32)
+    layer = fastnorm.GroupNorm(32, C)
+    layer(x)
+    dx1 = layer.backward(g)
+    w1 = layer.weight_grad.copy()
+    info = fastnorm.output_pool_info()
+    dx2 = layer.backward(g)
+    assert fastnorm.output_pool_info()["hits"] == info["hits"] + 2     # s1 and s2
+    assert dx2.tobytes() == dx1.tobytes() and layer.weight_grad.tobytes() == w1.tobytes()
+
+
 def test_no_memory_is_kept_beyond_the_idle_blocks(fresh_pool, rng):
     x = rng.normal(size=SHAPE).astype(np.float32)
     g = rng.normal(size=SHAPE).astype(np.float32)
