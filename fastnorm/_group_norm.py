@@ -118,15 +118,12 @@ def backward(where, grad_output, saved, weight, need_weight, need_bias):
     else:
         _backward_two_pass(x3, g3, dx, saved, weight, np.repeat(saved.invstd, cg), s1, s2)
     pdt = weight.dtype if weight is not None else dt     # gradients: the parameters' dtype
-    gw = gb = None
-    if need_weight:
-        # invstd_(n, g) * s2 in place, then the sum over samples
-        s2g = s2.reshape(N * G, cg)
-        np.multiply(saved.invstd[:, None], s2g, out=s2g)
-        gw = s2.reshape(N, C).sum(axis=0).astype(pdt)
-    if need_bias:
-        gb = s1.reshape(N, C).sum(axis=0).astype(pdt)
-    return dx, gw, gb
+    # sum over the samples of invstd_(n, g) * s2 and of s1 (from 0, in order)
+    gw = np.empty(C) if need_weight else None
+    gb = np.empty(C) if need_bias else None
+    if need_weight or need_bias:
+        _kernels.groups_param_grads(s1, s2, saved.invstd, G, cg, gw, gb)
+    return dx, (gw.astype(pdt) if need_weight else None), (gb.astype(pdt) if need_bias else None)
 
 
 def _backward_two_pass(x3, g3, dx, saved, weight, inv_nc, s1, s2):

@@ -667,7 +667,8 @@ def groups_bwd_call(grad_output, saved, weight, bint need_weight, bint need_bias
     cdef double sbuf[2 * 256]
     cdef double *s = sbuf
     cdef const double *pi
-    cdef double acc_w, acc_b
+    cdef double gbuf[2 * 128]
+    cdef double *sums = gbuf
     cdef Py_ssize_t pg
     if not g_fast or not PyTuple_CheckExact(saved) or PyTuple_GET_SIZE(saved) != 5:
         return None
@@ -714,22 +715,22 @@ def groups_bwd_call(grad_output, saved, weight, bint need_weight, bint need_bias
                             cnp.PyArray_DATA(<cnp.ndarray>dx), R, K * L, G, K, wk,
                             <const double *>cnp.PyArray_DATA(<cnp.ndarray>mean), pi, s,
                             s + N * C)
-        # as the general path: invstd of the slice times sum dy * (x - mean),
-        # then NumPy's sum over the samples (from 0, in order)
-        for c in range(C):
-            acc_w = 0.0
-            acc_b = 0.0
-            for n in range(N):
-                acc_w = acc_w + pi[n * G + c // K] * s[N * C + n * C + c]
-                acc_b = acc_b + s[n * C + c]
-            if need_weight:
-                store_double(pcode, cnp.PyArray_DATA(<cnp.ndarray>gw), c, acc_w)
-            if need_bias:
-                store_double(pcode, cnp.PyArray_DATA(<cnp.ndarray>gb), c, acc_b)
+        # the general path's sums over the samples (group_param_sums)
+        if C > 128:
+            sums = <double *>malloc(2 * C * sizeof(double))
+            if sums == NULL:
+                raise MemoryError()
+        group_param_sums(s, s + N * C, pi, N, G, K, sums, sums + C)
+        if need_weight:
+            store_doubles(pcode, cnp.PyArray_DATA(<cnp.ndarray>gw), sums, C)
+        if need_bias:
+            store_doubles(pcode, cnp.PyArray_DATA(<cnp.ndarray>gb), sums + C, C)
     finally:
         free(owned)
         if s != sbuf:
             free(s)
+        if sums != gbuf:
+            free(sums)
     return dx, gw, gb
 
 

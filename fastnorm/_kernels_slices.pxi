@@ -786,6 +786,53 @@ cdef int groups_bwd_run(const storage *px, const storage *pg, storage *po, int64
     return 0
 
 
+cdef void group_param_sums(const double *s1, const double *s2, const double *invstd,
+                           int64_t N, int64_t G, int64_t K, double *gw,
+                           double *gb) noexcept nogil:
+    """The weight and bias gradients of groups_backward's per-(n, c) sums:
+    gw[c] = sum over n of invstd[n * G + c // K] * s2[n * C + c], gb[c] = sum
+    over n of s1[n * C + c], each from 0.0 in sample order (as NumPy sums
+    the (N, C) products over axis 0).  gw or gb may be NULL."""
+    cdef int64_t C = G * K, n, g, k, c
+    cdef double inv
+    for c in range(C):
+        if gw != NULL:
+            gw[c] = 0.0
+        if gb != NULL:
+            gb[c] = 0.0
+    for n in range(N):
+        if gw != NULL:
+            for g in range(G):
+                inv = invstd[n * G + g]
+                for k in range(K):
+                    c = g * K + k
+                    gw[c] = gw[c] + inv * s2[n * C + c]
+        if gb != NULL:
+            for c in range(C):
+                gb[c] = gb[c] + s1[n * C + c]
+
+
+def groups_param_grads(const double[::1] s1, const double[::1] s2,
+                       const double[::1] invstd, int64_t G, int64_t K, gw, gb):
+    """group_param_sums into gw, gb: float64 (G * K,) arrays or None.
+
+    IN s1, s2 (N * G * K,) as groups_backward returns them; IN invstd (N * G,).
+    """
+    cdef int64_t N = invstd.shape[0] // G
+    cdef double[::1] w
+    cdef double[::1] b
+    cdef double *pw = NULL
+    cdef double *pb = NULL
+    if gw is not None:
+        w = gw
+        pw = &w[0]
+    if gb is not None:
+        b = gb
+        pb = &b[0]
+    with nogil:
+        group_param_sums(&s1[0], &s2[0], &invstd[0], N, G, K, pw, pb)
+
+
 def groups_backward(const storage[:, ::1] x, const storage[:, ::1] dy,
                     storage[:, ::1] dx, int64_t G, int64_t K,
                     const unsigned char[::1] weight, const double[::1] mean,
