@@ -660,7 +660,7 @@ def groups_bwd_call(grad_output, saved, weight, bint need_weight, bint need_bias
     Returns (dx, grad_weight or None, grad_bias or None)."""
     cdef int xcode, pcode, tmp, d
     cdef cnp.ndarray xa
-    cdef cnp.npy_intp N, C, L = 1, G, K, R, n, c
+    cdef cnp.npy_intp N, C, L = 1, G, K, R
     cdef const void *wk
     cdef const void *bk
     cdef float *owned = NULL
@@ -1142,16 +1142,13 @@ def batch_bwd_call(grad_output, saved, weight, bint need_weight, bint need_bias)
     if inplace is not False:
         return None
     xcode = array_code(x, False)
-    if xcode == S_NONE or array_code(grad_output, False) != xcode:
+    if xcode == S_NONE or not same_array(grad_output, <cnp.ndarray>x, xcode):
         return None
     xa = <cnp.ndarray>x
     ga = <cnp.ndarray>grad_output
     nd = cnp.PyArray_NDIM(xa)
-    if cnp.PyArray_NDIM(ga) != nd or nd < 2:
+    if nd < 2:
         return None
-    for d in range(nd):
-        if cnp.PyArray_DIMS(ga)[d] != cnp.PyArray_DIMS(xa)[d]:
-            return None
     N = cnp.PyArray_DIMS(xa)[0]
     C = cnp.PyArray_DIMS(xa)[1]
     for d in range(2, nd):

@@ -163,14 +163,8 @@ static inline void fn_dev_##SUF(const S *x, int64_t n, double m_,            \
     if (!__builtin_isfinite(a) || !__builtin_isfinite(b)) {                   \
         fn_v4d mm = {m, m, m, m}, a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};     \
         ta = tb = 0.0;                                                        \
-        for (i = 0; i + 8 <= n; i += 8) {                                     \
-            fn_v4d d0 = fn_ld4d_##SUF(x + i) - mm;                            \
-            fn_v4d d1 = fn_ld4d_##SUF(x + i + 4) - mm;                        \
-            a0 += d0;                                                         \
-            a1 += d1;                                                         \
-            b0 += d0 * d0;                                                    \
-            b1 += d1 * d1;                                                    \
-        }                                                                     \
+        i = 0;                                                                \
+        FN_DEV8(SUF, mm, a0, a1, b0, b1)                                      \
         for (; i < n; i++) {                                                  \
             double d = (double)fn_ld_##SUF(x[i]) - (double)m;                 \
             ta += d;                                                          \
