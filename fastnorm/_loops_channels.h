@@ -107,8 +107,16 @@ static inline double fn_sum_##SUF(const S *x, int64_t n)                      \
                 a[k] += fn_ldv_##SUF(x + i + j + k * FN_VL);                  \
         fn_flush8(fn_fold32(a), &lo, &hi);                                    \
     }                                                                         \
-    /* the rest (a short run, or the end of a long one): 8 values at a time,  \
-     * widened to float64 exactly and added in float64 lanes, then one by one */\
+    /* the rest (a short run, or the end of a long one), under FN_SBLOCK:     \
+     * one float32 block of 16 lanes (at most 7 terms each) flushed to        \
+     * float64, then 8 values widened to float64 lanes, then one by one */    \
+    if (i + 16 <= n) {                                                        \
+        fn_vf a[FN_N16] = {{0}};                                              \
+        for (; i + 16 <= n; i += 16)                                          \
+            for (int k = 0; k < FN_N16; k++)                                  \
+                a[k] += fn_ldv_##SUF(x + i + k * FN_VL);                      \
+        fn_flush8(fn_fold16(a), &lo, &hi);                                    \
+    }                                                                         \
     FN_SUM_REST(SUF)                                                          \
     for (; i < n; i++) t += (double)fn_ld_##SUF(x[i]);                        \
     double total = fn_hsum(lo + hi) + t;                                      \
@@ -150,8 +158,22 @@ static inline void fn_dev_##SUF(const S *x, int64_t n, double m_,            \
         fn_flush8(fn_fold32(a), &alo, &ahi);                                  \
         fn_flush8(fn_fold32(b), &blo, &bhi);                                  \
     }                                                                         \
-    /* the rest (a short run, or the end of a long one): the scalar loop's    \
+    /* the rest (a short run, or the end of a long one), under FN_SBLOCK:     \
+     * one float32 block of 16 lanes as fn_sum's, then the scalar loop's      \
      * float64 arithmetic, 8 values at a time in float64 lanes */             \
+    if (i + 16 <= n) {                                                        \
+        fn_vf a[FN_N16] = {{0}}, b[FN_N16] = {{0}};                           \
+        for (int64_t j = i; j < n; j += 64 / (int64_t)sizeof(S))              \
+            __builtin_prefetch(x + n + j, 0, 3);                              \
+        for (; i + 16 <= n; i += 16)                                          \
+            for (int k = 0; k < FN_N16; k++) {                                \
+                fn_vf d = fn_ldv_##SUF(x + i + k * FN_VL) - mv;               \
+                a[k] += d;                                                    \
+                b[k] += d * d;                                                \
+            }                                                                 \
+        fn_flush8(fn_fold16(a), &alo, &ahi);                                  \
+        fn_flush8(fn_fold16(b), &blo, &bhi);                                  \
+    }                                                                         \
     double md = (double)m;                                                    \
     FN_DEV_REST(SUF)                                                          \
     for (; i < n; i++) {                                                      \

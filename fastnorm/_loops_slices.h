@@ -295,9 +295,12 @@ static inline void fn_rowsbwd_##SUF(const S *x, const S *dy, S *dx, int64_t D,\
  * fn_rows8_SUF(x, n, eps, rms, mean, var, invstd): the statistics of the 8
  * rows x[r * n : (r + 1) * n], n < FN_SBLOCK, as short_statistics gives them
  * (_kernels_slices.pxi), bit for bit: per row the additions of fn_sum and
- * fn_dev's float64 rest loops (an 8-lane accumulator over the row, lane k
- * summing elements 8i + k, combined as fn_hsum(lo + hi), then the tail one
- * by one), then run_close, merge_piece into an empty total, finish_moments.
+ * fn_dev on a run under FN_SBLOCK (a float32 block of 16 lanes over the
+ * first n & ~15 values, folded to 8 and widened; 8 more values in float64
+ * lanes; the tail one by one; combined as fn_hsum(lo + hi)), then run_close,
+ * merge_piece into an empty total, finish_moments.  A row whose sums are not
+ * finite (fn_sum and fn_dev sum it again in float64) returns 0 before
+ * anything is written.
  * The rows' accumulators run side by side, then are transposed so that every
  * later step is one vector operation with a row in each lane (the divisions
  * and square root of 8 rows at once).  Returns 0, doing nothing, where it
@@ -368,19 +371,35 @@ static inline int fn_rows8_##SUF(const S *x, int64_t n, double eps, int rms,  \
                                  double *mean, double *var, double *invstd)   \
 {                                                                             \
     if (n >= FN_SBLOCK || !FN_ROWS8_FAST) return 0;                           \
-    int64_t q = n & ~(int64_t)7, i, j;                                        \
+    int64_t q = n & ~(int64_t)15, i, j;                                       \
     fn_v8d acc[8], a8[8], b8[8], zero = fn_splat8d(0.0), cnt = fn_splat8d((double)n);\
     fn_v8d t = zero, ta = zero, tb = zero;                                    \
-    _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) acc[r] = zero;                                \
-    for (i = 0; i < q; i += 8)                                                \
-        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                                           \
+    fn_vf f[8][FN_N16], g[8][FN_N16];                                         \
+    /* fn_sum: the float32 block of 16 lanes, flushed (0.0 + its lanes) */    \
+    _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                       \
+        for (int k = 0; k < FN_N16; k++) f[r][k] = (fn_vf){0};                \
+    for (i = 0; i < q; i += 16)                                               \
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                   \
+            for (int k = 0; k < FN_N16; k++)                                  \
+                f[r][k] += fn_ldv_##SUF(x + r * n + i + k * FN_VL);           \
+    _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                       \
+        acc[r] = q ? zero + fn_cvt8d(fn_fold16(f[r])) : zero;                 \
+    /* then 8 values in float64 lanes, then one by one */                     \
+    i = q;                                                                    \
+    if (i + 8 <= n) {                                                         \
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                   \
             acc[r] += fn_cvt8d(fn_ld8f_##SUF(x + r * n + i));                 \
-    for (j = q; j < n; j++) {                                                 \
+        i += 8;                                                               \
+    }                                                                         \
+    for (j = i; j < n; j++) {                                                 \
         fn_v8d c;                                                             \
         _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) c[r] = (double)fn_ld_##SUF(x[r * n + j]); \
         t += c;                                                               \
     }                                                                         \
     fn_v8d s = fn_hsum_rows8(acc) + t;                                        \
+    /* a row that fn_sum would sum again in float64: the caller's loop */     \
+    for (int r = 0; r < 8; r++)                                               \
+        if (!__builtin_isfinite(s[r])) return 0;                              \
     /* run_centre: the mean rounded to float */                               \
     fn_v8d m = __builtin_convertvector(__builtin_convertvector(s / cnt, fn_v8f),\
                                        fn_v8d);                               \
@@ -388,17 +407,35 @@ static inline int fn_rows8_##SUF(const S *x, int64_t n, double eps, int rms,  \
      * block of a thread walking memory) for the first pass over them */      \
     for (i = 0; i < 8 * n; i += 64 / (int64_t)sizeof(S))                      \
         __builtin_prefetch(x + 8 * n + i, 0, 3);                              \
+    /* fn_dev: the float32 block of 16 lanes about (float)m, flushed */       \
+    _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                       \
+        for (int k = 0; k < FN_N16; k++) {                                    \
+            f[r][k] = (fn_vf){0};                                             \
+            g[r][k] = (fn_vf){0};                                             \
+        }                                                                     \
+    for (i = 0; i < q; i += 16)                                               \
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) {                 \
+            fn_vf mv = fn_vsplat((float)m[r]);                                \
+            for (int k = 0; k < FN_N16; k++) {                                \
+                fn_vf d = fn_ldv_##SUF(x + r * n + i + k * FN_VL) - mv;       \
+                f[r][k] += d;                                                 \
+                g[r][k] += d * d;                                             \
+            }                                                                 \
+        }                                                                     \
     _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) {                     \
-        a8[r] = zero;                                                         \
-        b8[r] = zero;                                                         \
+        a8[r] = q ? zero + fn_cvt8d(fn_fold16(f[r])) : zero;                  \
+        b8[r] = q ? zero + fn_cvt8d(fn_fold16(g[r])) : zero;                  \
     }                                                                         \
-    for (i = 0; i < q; i += 8)                                                \
-        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) {                                         \
+    i = q;                                                                    \
+    if (i + 8 <= n) {                                                         \
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) {                 \
             fn_v8d d = fn_cvt8d(fn_ld8f_##SUF(x + r * n + i)) - fn_splat8d(m[r]);\
             a8[r] += d;                                                       \
             b8[r] += d * d;                                                   \
         }                                                                     \
-    for (j = q; j < n; j++) {                                                 \
+        i += 8;                                                               \
+    }                                                                         \
+    for (j = i; j < n; j++) {                                                 \
         fn_v8d d;                                                             \
         _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) d[r] = (double)fn_ld_##SUF(x[r * n + j]); \
         d = d - m;                                                            \
@@ -408,6 +445,9 @@ static inline int fn_rows8_##SUF(const S *x, int64_t n, double eps, int rms,  \
     /* sd, sdd: 0.0 + each row's total, as fn_dev adds to zeroed sums */      \
     fn_v8d sd = zero + (fn_hsum_rows8(a8) + ta);                              \
     fn_v8d sdd = zero + (fn_hsum_rows8(b8) + tb);                             \
+    /* a row that fn_dev would sum again in float64: the caller's loop */     \
+    for (int r = 0; r < 8; r++)                                               \
+        if (!__builtin_isfinite(sd[r]) || !__builtin_isfinite(sdd[r])) return 0;\
     /* run_close */                                                           \
     fn_v8d pm = fn_sel8d((m - m) == zero, m + sd / cnt, m);                   \
     sdd = sdd - sd * sd / cnt;                                                \

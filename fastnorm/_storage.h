@@ -751,7 +751,10 @@ static inline void fn_stream_fence(void)
  * (32 lanes, so four independent add chains), a block of FN_SBLOCK = 128
  * values puts 4 terms in each lane; the block's lanes are combined in
  * float32 to 8 and added, lane by lane, to float64 vector totals, summed in a
- * fixed order at the end.  A run whose float64 total is not finite (a float32
- * block overflowed) is summed again wholly in float64. */
+ * fixed order at the end.  What is left of a run under FN_SBLOCK (or a run
+ * shorter than that) takes one more float32 block of 16 lanes (at most 7
+ * terms each) over its first multiple of 16, flushed the same way; its last
+ * 0-15 values are added in float64.  A run whose float64 total is not finite
+ * (a float32 block overflowed) is summed again wholly in float64. */
 #define FN_SBLOCK 128
 #endif

@@ -341,6 +341,13 @@ def test_float32_near_its_range_keeps_finite_accurate_statistics(scale, rng):
     assert np.isfinite(layer.running_mean).all()
     ln = fastnorm.LayerNorm(256)(x.reshape(12, 256))
     np.testing.assert_allclose(ln, ref.layer_norm(x.reshape(12, 256), (256,)), rtol=2e-5, atol=2e-5)
+    # short rows: one float32 block of 16 lanes (8 rows side by side in the
+    # AVX-512 copy), then float64 for the last values
+    for D in (40, 57, 96, 100, 200):
+        rows = x.ravel()[: x.size // D * D].reshape(-1, D)
+        ln = fastnorm.LayerNorm(D)(rows)
+        assert np.isfinite(ln).all(), D
+        np.testing.assert_allclose(ln, ref.layer_norm(rows, (D,)), rtol=2e-5, atol=2e-5)
 
 
 # the weight gradient of such dy (~1e38 * xhat) may overflow float32: numpy warns
