@@ -34,6 +34,7 @@
 cdef extern from "_loops_channels.h" nogil:
     double fn_sum(const void *x, int64_t n)
     void fn_dev(const void *x, int64_t n, double m, double *sd, double *sdd)
+    double fn_sumsq(const void *x, int64_t n)
     void fn_dot(const void *x, const void *dy, int64_t n, double m, double *sdy,
                 double *sdyx)
     void fn_affine(const void *x, void *y, int64_t n, double c, double s, double t)
@@ -59,6 +60,7 @@ cdef extern from "_loops_channels.h" nogil:
 cdef enum Red:
     RED_MOMENTS = 0     # mean and biased variance of x
     RED_DOT = 1         # sum(dy) and sum(dy * (x - mean))
+    RED_SQUARES = 2     # mean of x**2 (RMSNorm's long rows)
 
 
 # --------------------------------------------------------------------------
@@ -181,6 +183,17 @@ cdef inline void plane_moments(const storage *x, const Units *g, int64_t i,
     pm[at] = m + sd / cnt if isfinite(m) else m
     sdd = sdd - sd * sd / cnt
     pm2[at] = 0.0 if sdd < 0.0 else sdd
+
+
+cdef inline void plane_squares(const storage *x, const Units *g, int64_t i,
+                               double *pa) noexcept nogil:
+    """Sum of x**2 over unit i, stored in pa."""
+    cdef int64_t c, n0, n1, l0, ln, n, at
+    cdef double a = 0.0
+    at = plane_unit(g, i, &c, &n0, &n1, &l0, &ln)
+    for n in range(n0, n1):
+        a = a + fn_sumsq(x + (n * g.C + c) * g.L + l0, ln)
+    pa[at] = a
 
 
 cdef inline void plane_dot(const storage *x, const storage *dy, const Units *g,
@@ -331,6 +344,16 @@ cdef inline void sum_merge(const Units *g, int64_t c, const double *pa,
     b[c] = sb
 
 
+cdef inline void square_merge(const Units *g, int64_t c, int64_t n, const double *pa,
+                              double *a) noexcept nogil:
+    """The unit sums of squares of channel c added in unit order, over n."""
+    cdef int64_t u
+    cdef double sa = 0.0
+    for u in range(g.per_chan):
+        sa = sa + pa[c * g.per_chan + u]
+    a[c] = sa / <double>n
+
+
 # --------------------------------------------------------------------------
 # Reductions
 # --------------------------------------------------------------------------
@@ -342,6 +365,8 @@ cdef int reduction(int op, const storage *x, const storage *dy,
 
     RED_MOMENTS: a = mean, b = biased variance of x.
     RED_DOT: a = sum(dy), b = sum(dy * (x - mean)).
+    RED_SQUARES: a = mean of x**2 (the unit sums added in order, divided by
+    N * L), b unused; planes mode only.
     Partials of every unit, then an ordered merge per channel.
     """
     cdef Units g = make_units(N, C, L)
@@ -356,6 +381,9 @@ cdef int reduction(int op, const storage *x, const storage *dy,
     cdef int *fail = &failed
     if pa == NULL:
         raise MemoryError()
+    if op == RED_SQUARES and g.rows_mode:
+        free(pa)
+        raise ValueError("reduction: sums of squares over rows mode units")
     pb = pa + C * g.per_chan
     if nt == 1:
         # small call: no parallel region to enter (about 0.3 us each)
@@ -376,12 +404,16 @@ cdef int reduction(int op, const storage *x, const storage *dy,
                 for i in range(g.total):
                     if op == RED_MOMENTS:
                         plane_moments(x, &g, i, pa, pb)
+                    elif op == RED_SQUARES:
+                        plane_squares(x, &g, i, pa)
                     else:
                         plane_dot(x, dy, &g, i, mean, pa, pb)
             if not failed:
                 for c in range(C):
                     if op == RED_MOMENTS:
                         chan_merge(&g, c, pa, pb, a, b)
+                    elif op == RED_SQUARES:
+                        square_merge(&g, c, N * L, pa, a)
                     else:
                         sum_merge(&g, c, pa, pb, a, b)
         free(pa)
@@ -411,12 +443,16 @@ cdef int reduction(int op, const storage *x, const storage *dy,
                 note_threads(nt)
                 if op == RED_MOMENTS:
                     plane_moments(x, &g, i, pa, pb)
+                elif op == RED_SQUARES:
+                    plane_squares(x, &g, i, pa)
                 else:
                     plane_dot(x, dy, &g, i, mean, pa, pb)
         if not failed:
             for c in prange(C, num_threads=nt, schedule='static'):
                 if op == RED_MOMENTS:
                     chan_merge(&g, c, pa, pb, a, b)
+                elif op == RED_SQUARES:
+                    square_merge(&g, c, N * L, pa, a)
                 else:
                     sum_merge(&g, c, pa, pb, a, b)
     free(pa)
@@ -432,6 +468,16 @@ def batch_stats(const storage[:, :, ::1] x, double[::1] mean, double[::1] var):
     """
     reduction(RED_MOMENTS, &x[0, 0, 0], <const storage *>NULL, NULL, x.shape[0],
               x.shape[1], x.shape[2], &mean[0], &var[0])
+
+
+def batch_squares(const storage[:, :, ::1] x, double[::1] ms):
+    """Per-channel mean of x**2 of x (N, C, L), N * L > 0, L >= SMALL_L
+    (planes mode): RMSNorm's mean square of long rows, as a (1, R, D) view.
+
+    IN x; OUT ms (C,): float64.
+    """
+    reduction(RED_SQUARES, &x[0, 0, 0], <const storage *>NULL, NULL, x.shape[0],
+              x.shape[1], x.shape[2], &ms[0], NULL)
 
 
 def batch_bwd_sums(const storage[:, :, ::1] x, const storage[:, :, ::1] dy,

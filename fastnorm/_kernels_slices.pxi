@@ -282,32 +282,44 @@ cdef inline Merge merge_piece(Merge a, double pm, double pm2, int64_t n) noexcep
     return a
 
 
-cdef inline Moments finish_moments(Merge a, const storage *p, int64_t D, double eps,
-                                   bint rms) noexcept nogil:
-    """The merged pieces of slice p[0:D] as mean, biased variance and invstd:
-    1 / sqrt(var + eps), or with rms 1 / sqrt(var + mean**2 + eps)."""
+cdef inline Moments finish_moments(Merge a, double eps) noexcept nogil:
+    """The merged pieces of a slice as mean, biased variance and
+    invstd = 1 / sqrt(var + eps)."""
     cdef Moments mo
-    cdef double ms
-    cdef int64_t j
     mo.mean = a.mu
     mo.var = (0.0 if a.m2 < 0.0 else a.m2) / a.cnt
-    if rms:
-        ms = mo.var + mo.mean * mo.mean
-        if not isfinite(ms):    # an infinity in the slice: var is NaN, the mean square inf
-            ms = 0.0
-            for j in range(D):
-                ms = ms + fn_at(p, j) * fn_at(p, j)
-            ms = ms / <double>D
-        mo.invstd = 1.0 / sqrt(ms + eps)
-    else:
-        mo.invstd = 1.0 / sqrt(mo.var + eps)
+    mo.invstd = 1.0 / sqrt(mo.var + eps)
+    return mo
+
+
+cdef inline double slice_mean_square(const storage *p, int64_t D) noexcept nogil:
+    """Mean of p[0:D]**2 (RMSNorm): the sums of squares of pieces of UNIT
+    added in order, divided by D (as batch_squares on a (1, R, D) view)."""
+    cdef double a = 0.0
+    cdef int64_t j0 = 0, ln
+    while j0 < D:
+        ln = D - j0
+        if ln > UNIT:
+            ln = UNIT
+        a = a + (0.0 + fn_sumsq(p + j0, ln))
+        j0 += ln
+    return a / <double>D
+
+
+cdef inline Moments rms_moments(double ms, double eps) noexcept nogil:
+    """RMSNorm's statistics from the mean square: mean 0, var the mean
+    square, invstd = 1 / sqrt(ms + eps)."""
+    cdef Moments mo
+    mo.mean = 0.0
+    mo.var = ms
+    mo.invstd = 1.0 / sqrt(ms + eps)
     return mo
 
 
 cdef inline Moments slice_statistics(const storage *p, int64_t D, double eps,
                                      bint rms) noexcept nogil:
     """Mean, biased variance and invstd of p[0:D] (finish_moments): pieces of
-    UNIT, Chan-merged.
+    UNIT, Chan-merged; with rms, rms_moments of slice_mean_square (one pass).
 
     Returned by value: inside prange, a variable is private to the thread
     only when the loop assigns it; one written through its address is
@@ -315,6 +327,8 @@ cdef inline Moments slice_statistics(const storage *p, int64_t D, double eps,
     cdef Merge a = merge_empty()
     cdef int64_t j0 = 0, ln
     cdef double pm, pm2
+    if rms:
+        return rms_moments(slice_mean_square(p, D), eps)
     while j0 < D:
         ln = D - j0
         if ln > UNIT:
@@ -322,7 +336,7 @@ cdef inline Moments slice_statistics(const storage *p, int64_t D, double eps,
         run_moments(p + j0, ln, &pm, &pm2)
         a = merge_piece(a, pm, pm2, ln)
         j0 += ln
-    return finish_moments(a, p, D, eps, rms)
+    return finish_moments(a, eps)
 
 
 cdef inline void short_statistics(const storage *p, int64_t D, int64_t nr, double eps,
@@ -343,6 +357,13 @@ cdef inline void short_statistics(const storage *p, int64_t D, int64_t nr, doubl
     cdef Moments mo
     if nr == SHORT_ROWS and fn_rows8(p, D, eps, rms, mean, var, invstd):
         return
+    if rms:
+        for r in range(nr):
+            mo = rms_moments(slice_mean_square(p + r * D, D), eps)
+            mean[r] = 0.0
+            var[r] = mo.var
+            invstd[r] = mo.invstd
+        return
     for r in range(nr):
         m[r] = run_centre(p + r * D, D)
     for r in range(nr):
@@ -352,8 +373,8 @@ cdef inline void short_statistics(const storage *p, int64_t D, int64_t nr, doubl
     for r in range(nr):
         run_close(m[r], sd[r], sdd[r], D, &pm, &pm2)
         a = merge_piece(merge_empty(), pm, pm2, D)
-        mo = finish_moments(a, p + r * D, D, eps, rms)
-        mean[r] = 0.0 if rms else mo.mean
+        mo = finish_moments(a, eps)
+        mean[r] = mo.mean
         var[r] = mo.var
         invstd[r] = mo.invstd
 
@@ -373,7 +394,8 @@ def slice_stats(const storage[:, ::1] x, double eps, bint rms, double[::1] mean,
     """The statistics of rows_forward / groups_forward without an output
     (same arithmetic).
 
-    IN x (R, D), R * D > 0; OUT mean, var, invstd (R,).
+    IN x (R, D), R * D > 0; OUT mean, var, invstd (R,) (with rms: 0, the
+    mean square, 1 / sqrt(ms + eps)).
     """
     cdef int64_t R = x.shape[0], D = x.shape[1], r
     cdef int nt = threads_for(R * D, R)
@@ -492,9 +514,9 @@ def rows_forward(const storage[:, ::1] x, storage[:, ::1] out, double eps, bint 
 
     IN x (R, D), R * D > 0; OUT out (R, D), may be x; IN weight, bias (D,)
     or None (bias only with a weight).  OUT mean, var (R,): the row's mean
-    (0 with rms: the centre used) and biased variance; OUT invstd (R,):
-    1 / sqrt(var + eps), or with rms 1 / sqrt(var + mean**2 + eps), the row
-    then scaled around 0.
+    and biased variance, with rms 0 (the centre used) and the mean square
+    (one pass of sums of squares); OUT invstd (R,): 1 / sqrt(var + eps),
+    the row then scaled around 0 with rms.
     """
     cdef int64_t R = x.shape[0], D = x.shape[1]
     cdef const storage *px = &x[0, 0]

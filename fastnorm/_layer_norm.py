@@ -8,8 +8,9 @@ the row is in cache, one read of the data per call.  Longer rows (too few to
 share among threads, too long for the cache) take two passes: statistics from
 the batch-norm kernel on a (1, R, D) view, parallel within the row, then the
 layer kernels.  Both compute a row's statistics with the same arithmetic
-(pieces of 4096, Chan-merged in order); RMSNorm's mean square is
-var + mean**2, two non-negative terms, so nothing cancels.
+(pieces of 4096, Chan-merged in order); RMSNorm's mean square is one pass
+of sums of squares over the same pieces, added in order (non-negative
+terms: nothing cancels, no centre is needed).
 """
 import math
 import numbers
@@ -107,15 +108,12 @@ def statistics(where, x, nshape, weight, bias, eps, rms):
         invstd = np.empty(R)
         _kernels.slice_stats(kv(x2), eps, rms, mean, var, invstd)
         return SavedRows(x2, x.shape, mean, invstd, rms, False)
-    _kernels.batch_stats(kv(x2.reshape(1, R, D)), mean, var)
     if rms:
-        ms = var + mean * mean
-        bad = ~np.isfinite(ms)
-        if bad.any():   # an infinity in the row: var is NaN, the mean square inf
-            ms[bad] = np.einsum("ij,ij->i", x2[bad], x2[bad], dtype=np.float64) / D
-        invstd = 1.0 / np.sqrt(ms + eps)
+        _kernels.batch_squares(kv(x2.reshape(1, R, D)), var)   # the mean square
+        invstd = 1.0 / np.sqrt(var + eps)
         mean = np.zeros(R)
     else:
+        _kernels.batch_stats(kv(x2.reshape(1, R, D)), mean, var)
         invstd = 1.0 / np.sqrt(var + eps)
     return SavedRows(x2, x.shape, mean, invstd, rms, False)
 

@@ -548,12 +548,90 @@ static inline void fn_expand4_##SUF(const S *tag, const double *k0,           \
         }                                                                     \
 }
 
+/* --- sum of squares: RMSNorm's mean square -----------------------------
+ * fn_sumsq_SUF(x, n): sum of x[0:n]^2, one pass (no centre: the terms are
+ * non-negative, nothing cancels).  float compute: the blocks of fn_sum
+ * (FN_SBLOCK of 32 lanes, then one of 16 lanes, squares in float32, flushed
+ * to float64), 8 more values squared in float64 lanes (exact), the tail one
+ * by one; a total that is not finite (a float32 square or block overflowed)
+ * is summed again wholly in float64.  double compute: 8 float64 lanes. */
+#define FN_SUMSQ_float(S, SUF)                                                \
+static inline double fn_sumsq_##SUF(const S *x, int64_t n)                    \
+{                                                                             \
+    fn_v4d lo = {0}, hi = {0};                                                \
+    double t = 0.0;                                                           \
+    int64_t i = 0;                                                            \
+    for (; i + FN_SBLOCK <= n; i += FN_SBLOCK) {                              \
+        fn_vf a[FN_N32] = {{0}};                                              \
+        /* as fn_dev: ask for the n values that follow (the next row of a     \
+         * thread walking memory), into L2 (L1 holds this row and its output) */\
+        for (int j = 0; j < FN_SBLOCK; j += 64 / (int)sizeof(S))              \
+            __builtin_prefetch(x + n + i + j, 0, 2);                          \
+        for (int j = 0; j < FN_SBLOCK; j += 32)                               \
+            for (int k = 0; k < FN_N32; k++) {                                \
+                fn_vf v = fn_ldv_##SUF(x + i + j + k * FN_VL);                \
+                a[k] += v * v;                                                \
+            }                                                                 \
+        fn_flush8(fn_fold32(a), &lo, &hi);                                    \
+    }                                                                         \
+    if (i + 16 <= n) {                                                        \
+        fn_vf a[FN_N16] = {{0}};                                              \
+        for (; i + 16 <= n; i += 16)                                          \
+            for (int k = 0; k < FN_N16; k++) {                                \
+                fn_vf v = fn_ldv_##SUF(x + i + k * FN_VL);                    \
+                a[k] += v * v;                                                \
+            }                                                                 \
+        fn_flush8(fn_fold16(a), &lo, &hi);                                    \
+    }                                                                         \
+    if (i + 8 <= n) {                                                         \
+        fn_v4d v0 = fn_ld4d_##SUF(x + i), v1 = fn_ld4d_##SUF(x + i + 4);      \
+        lo += v0 * v0;                                                        \
+        hi += v1 * v1;                                                        \
+        i += 8;                                                               \
+    }                                                                         \
+    for (; i < n; i++) {                                                      \
+        double v = (double)fn_ld_##SUF(x[i]);                                 \
+        t += v * v;                                                           \
+    }                                                                         \
+    double total = fn_hsum(lo + hi) + t;                                      \
+    if (!__builtin_isfinite(total)) {                                         \
+        fn_v4d r0 = {0}, r1 = {0};                                            \
+        t = 0.0;                                                              \
+        for (i = 0; i + 8 <= n; i += 8) {                                     \
+            fn_v4d v0 = fn_ld4d_##SUF(x + i), v1 = fn_ld4d_##SUF(x + i + 4);  \
+            r0 += v0 * v0;                                                    \
+            r1 += v1 * v1;                                                    \
+        }                                                                     \
+        for (; i < n; i++) {                                                  \
+            double v = (double)fn_ld_##SUF(x[i]);                             \
+            t += v * v;                                                       \
+        }                                                                     \
+        total = fn_hsum(r0 + r1) + t;                                         \
+    }                                                                         \
+    return total;                                                             \
+}
+#define FN_SUMSQ_double(S, SUF)                                               \
+static inline double fn_sumsq_##SUF(const S *x, int64_t n)                    \
+{                                                                             \
+    fn_v4d r0 = {0}, r1 = {0};                                                \
+    double t = 0.0;                                                           \
+    int64_t i = 0;                                                            \
+    for (; i + 8 <= n; i += 8) {                                              \
+        fn_v4d v0 = fn_ld4d_##SUF(x + i), v1 = fn_ld4d_##SUF(x + i + 4);      \
+        r0 += v0 * v0;                                                        \
+        r1 += v1 * v1;                                                        \
+    }                                                                         \
+    for (; i < n; i++) t += x[i] * x[i];                                      \
+    return fn_hsum(r0 + r1) + t;                                              \
+}
+
 #define FN_INST_CHANNELS(a, S, SUF, T) \
-    FN_STATS_##T(S, SUF) FN_ELEM_##T(S, SUF) FN_ROWS(S, SUF, T)
+    FN_STATS_##T(S, SUF) FN_SUMSQ_##T(S, SUF) FN_ELEM_##T(S, SUF) FN_ROWS(S, SUF, T)
 FN_STORAGE_TYPES(FN_INST_CHANNELS, _)
 
 #define fn_sum(x, n) FN_PICK(fn_sum, x)(x, n)
 #define fn_dev(x, n, m, sd, sdd) FN_PICK(fn_dev, x)(x, n, m, sd, sdd)
+#define fn_sumsq(x, n) FN_PICK(fn_sumsq, x)(x, n)
 #define fn_dot(x, dy, n, m, sdy, sdyx) FN_PICK(fn_dot, x)(x, dy, n, m, sdy, sdyx)
 #define fn_affine(x, y, n, c, s, t) FN_PICK(fn_affine, x)(x, y, n, c, s, t)
 #define fn_bwd(x, dy, dx, n, c, a, b, k) FN_PICK(fn_bwd, x)(x, dy, dx, n, c, a, b, k)

@@ -367,10 +367,59 @@ static inline __attribute__((always_inline)) fn_v8d fn_hsum_rows8(const fn_v8d *
 }
 
 #define FN_ROWS8_float(S, SUF)                                                \
+/* RMSNorm: per row fn_sumsq's additions (one pass), then rms_moments of      \
+ * slice_mean_square */                                                       \
+static inline int fn_rows8ms_##SUF(const S *x, int64_t n, double eps,         \
+                                   double *mean, double *var, double *invstd) \
+{                                                                             \
+    int64_t q = n & ~(int64_t)15, i, j;                                       \
+    fn_v8d acc[8], zero = fn_splat8d(0.0), cnt = fn_splat8d((double)n), t = zero;\
+    fn_vf f[8][FN_N16];                                                       \
+    _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                       \
+        for (int k = 0; k < FN_N16; k++) f[r][k] = (fn_vf){0};                \
+    for (i = 0; i < q; i += 16)                                               \
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                   \
+            for (int k = 0; k < FN_N16; k++) {                                \
+                fn_vf v = fn_ldv_##SUF(x + r * n + i + k * FN_VL);            \
+                f[r][k] += v * v;                                             \
+            }                                                                 \
+    _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                       \
+        acc[r] = q ? zero + fn_cvt8d(fn_fold16(f[r])) : zero;                 \
+    i = q;                                                                    \
+    if (i + 8 <= n) {                                                         \
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) {                 \
+            fn_v8d v = fn_cvt8d(fn_ld8f_##SUF(x + r * n + i));                \
+            acc[r] += v * v;                                                  \
+        }                                                                     \
+        i += 8;                                                               \
+    }                                                                         \
+    for (j = i; j < n; j++) {                                                 \
+        fn_v8d c;                                                             \
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) c[r] = (double)fn_ld_##SUF(x[r * n + j]); \
+        t += c * c;                                                           \
+    }                                                                         \
+    fn_v8d s = fn_hsum_rows8(acc) + t;                                        \
+    /* a row that fn_sumsq would sum again in float64: the caller's loop */   \
+    for (int r = 0; r < 8; r++)                                               \
+        if (!__builtin_isfinite(s[r])) return 0;                              \
+    /* the normalising pass runs from cache: ask for the next 8 rows */       \
+    for (i = 0; i < 8 * n; i += 64 / (int64_t)sizeof(S))                      \
+        __builtin_prefetch(x + 8 * n + i, 0, 3);                              \
+    /* slice_mean_square: 0.0 + (0.0 + the row's sum), over n */              \
+    fn_v8d ms = (zero + (zero + s)) / cnt;                                    \
+    fn_v8d inv = fn_splat8d(1.0) / fn_sqrt8d(ms + fn_splat8d(eps));          \
+    for (int r = 0; r < 8; r++) {                                             \
+        mean[r] = 0.0;                                                        \
+        var[r] = ms[r];                                                       \
+        invstd[r] = inv[r];                                                   \
+    }                                                                         \
+    return 1;                                                                 \
+}                                                                             \
 static inline int fn_rows8_##SUF(const S *x, int64_t n, double eps, int rms,  \
                                  double *mean, double *var, double *invstd)   \
 {                                                                             \
     if (n >= FN_SBLOCK || !FN_ROWS8_FAST) return 0;                           \
+    if (rms) return fn_rows8ms_##SUF(x, n, eps, mean, var, invstd);           \
     int64_t q = n & ~(int64_t)15, i, j;                                       \
     fn_v8d acc[8], a8[8], b8[8], zero = fn_splat8d(0.0), cnt = fn_splat8d((double)n);\
     fn_v8d t = zero, ta = zero, tb = zero;                                    \
@@ -458,23 +507,10 @@ static inline int fn_rows8_##SUF(const S *x, int64_t n, double eps, int rms,  \
     fn_v8d m2 = (zero + pm2) + pm * pm * zero;                                \
     /* finish_moments */                                                      \
     fn_v8d v = fn_sel8d(m2 < zero, zero, m2) / cnt;                           \
-    fn_v8d e = fn_splat8d(eps), one = fn_splat8d(1.0), ms;                    \
-    if (rms) {                                                                \
-        ms = v + mu * mu;                                                     \
-        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++)                                           \
-            if (!__builtin_isfinite(ms[r])) {                                 \
-                double a = 0.0;                                               \
-                for (j = 0; j < n; j++)                                       \
-                    a = a + (double)fn_ld_##SUF(x[r * n + j])                 \
-                            * (double)fn_ld_##SUF(x[r * n + j]);              \
-                ms[r] = a / (double)n;                                        \
-            }                                                                 \
-    } else {                                                                  \
-        ms = v;                                                               \
-    }                                                                         \
+    fn_v8d e = fn_splat8d(eps), one = fn_splat8d(1.0), ms = v;                \
     fn_v8d inv = one / fn_sqrt8d(ms + e);                                     \
     for (int r = 0; r < 8; r++) {                                             \
-        mean[r] = rms ? 0.0 : mu[r];                                          \
+        mean[r] = mu[r];                                                      \
         var[r] = v[r];                                                        \
         invstd[r] = inv[r];                                                   \
     }                                                                         \

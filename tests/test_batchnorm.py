@@ -348,6 +348,17 @@ def test_float32_near_its_range_keeps_finite_accurate_statistics(scale, rng):
         ln = fastnorm.LayerNorm(D)(rows)
         assert np.isfinite(ln).all(), D
         np.testing.assert_allclose(ln, ref.layer_norm(rows, (D,)), rtol=2e-5, atol=2e-5)
+    # RMSNorm's one-pass sums of squares (squares above 3.4e38 from 1.8e19):
+    # short rows (8 side by side, and alone), rows of several pieces of 4096,
+    # rows longer than FUSE_BYTES (the two-pass kernels)
+    big = (rng.normal(size=2 * 140000) * scale).astype(np.float32)
+    for D in (40, 57, 96, 100, 200, 9000, 140000):
+        src = x.ravel() if D < 1000 else big
+        rows = src[: src.size // D * D].reshape(-1, D)
+        rn = fastnorm.RMSNorm(D, eps=1e-5)(rows)
+        assert np.isfinite(rn).all(), D
+        np.testing.assert_allclose(rn, ref.layer_norm(rows, (D,), rms=True), rtol=2e-5,
+                                   atol=2e-5)
 
 
 # the weight gradient of such dy (~1e38 * xhat) may overflow float32: numpy warns

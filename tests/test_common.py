@@ -47,9 +47,12 @@ def test_reset_parameters_and_state_dict_round_trip(make, shape, rng):
 @pytest.mark.parametrize("make,shape", [
     (lambda dt: fastnorm.LayerNorm(96, dtype=dt), (7, 96)),
     (lambda dt: fastnorm.RMSNorm(96, dtype=dt), (7, 96)),
+    (lambda dt: fastnorm.LayerNorm(100, dtype=dt), (9, 100)),
+    (lambda dt: fastnorm.RMSNorm(100, dtype=dt), (9, 100)),
+    (lambda dt: fastnorm.RMSNorm(5000, dtype=dt), (3, 5000)),
     (lambda dt: fastnorm.GroupNorm(3, 6, dtype=dt), (4, 6, 5, 7)),
     (lambda dt: fastnorm.InstanceNorm2d(6, affine=True, dtype=dt), (4, 6, 8, 9)),
-], ids=["layer", "rms", "group", "instance"])
+], ids=["layer", "rms", "layer-9x100", "rms-9x100", "rms-3x5000", "group", "instance"])
 def test_one_pass_and_two_pass_kernels_agree(make, shape, dtype, rng, monkeypatch):
     """Small slices take the fused one-pass kernels, large ones two passes;
     both compute a slice's statistics with the same arithmetic."""
