@@ -106,8 +106,9 @@ cdef enum:
     ROW_PF_D = 512      # and rows this long prefetch the next one (shorter
                         # ones gained nothing: the hardware keeps up)
     SHORT_ROWS = 8      # short slices whose statistics are taken side by side:
-    SHORT_D = 256       # those of at most this many elements (longer ones are
-                        # bound by memory, and 8 of them would leave L1)
+    SHORT_D = 384       # those of at most this many elements (8 rows of 384
+                        # float32 values fill 12 KiB of L1; 320 and 384 measured
+                        # 1.2-1.4x faster than one at a time, 448-512 mixed)
 
 cdef enum Op:
     OP_AFFINE = 0       # out = (x - k0) * k1 + k2
