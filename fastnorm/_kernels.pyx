@@ -20,6 +20,8 @@ note of its own:
                          LayerNorm, RMSNorm, GroupNorm, InstanceNorm
                          (_loops_slices.h)
   _kernels_lrn.pxi       LocalResponseNorm (_loops_lrn.h)
+  _kernels_switchable.pxi  SwitchableNorm's mixing of statistics (shared by
+                         its general and fast paths) and its eval fast path
 Cython `include` keeps one module (one extension) per ISA copy: the families
 share the geometry, thread and fork helpers without a cross-module C API,
 and a copy's code is all compiled for its ISA.
@@ -58,7 +60,7 @@ loses ~1e-3.
 
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t
-from libc.math cimport isfinite, sqrt
+from libc.math cimport isfinite, ldexp, nearbyint, sqrt
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
 
@@ -120,3 +122,4 @@ include "_kernels_channels.pxi"
 include "_kernels_slices.pxi"
 include "_kernels_fast.pxi"
 include "_kernels_lrn.pxi"
+include "_kernels_switchable.pxi"

@@ -659,6 +659,17 @@ class _SwitchableNorm(_NormBase):
         self.var_weight[...] = 1
 
     def _forward(self, x, out):
+        if not self.training:
+            # the common eval call in one kernel call, or None:
+            # _kernels_switchable.pxi says what it takes
+            r = _kernels.switchable_call(x, out, self.mean_weight, self.var_weight,
+                                         self.running_mean, self.running_var, self.weight,
+                                         self.bias, self.eps, self.using_bn, self.dtype,
+                                         self._ndims[0], self._ndims[-1], self.num_features)
+            if r is not None:
+                y, self._saved = r
+                self._saved_training = False
+                return y
         where = type(self).__name__
         x = self._check_input(x, where)
         update = self.training and self.using_bn
@@ -679,6 +690,8 @@ class _SwitchableNorm(_NormBase):
         bias_grad, mean_weight_grad and var_weight_grad."""
         where = f"{type(self).__name__}.backward"
         saved = self._saved_for_backward(where)
+        if type(saved) is tuple:        # the eval fast path's (switchable_call)
+            saved = _sn.saved_fast(saved)
         dx, gw, gb, gm, gv = _sn.backward(where, grad_output, saved, self.weight,
                                           self.weight is not None, self.bias is not None)
         self.weight_grad, self.bias_grad = gw, gb

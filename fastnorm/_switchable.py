@@ -58,8 +58,10 @@ def exp(v):
 def exp_scalar(x):
     """exp of one Python float, the same steps as exp() in Python's float
     arithmetic (IEEE double, no fused multiply-add, round() halves to even
-    as np.rint): the same bits as exp(np.array([x]))[0], without the ~25
-    NumPy calls that exp() makes (the 2-3 mixing logits of every call)."""
+    as np.rint): the same bits as exp(np.array([x]))[0].  The mixing
+    weights' softmax runs these steps in C (exp_ieee,
+    _kernels_switchable.pxi); exp and exp_scalar state them in NumPy and in
+    Python, and the tests hold the three to the same bits."""
     if x != x:
         return math.nan
     x = min(max(x, -746.0), 710.0)
@@ -72,13 +74,6 @@ def exp_scalar(x):
         return math.ldexp(p, int(k))
     except OverflowError:       # beyond the float64 range: inf, as np.ldexp
         return math.inf
-
-
-def softmax(v):
-    """softmax of a float64 vector, with exp() (exp_scalar for short ones)."""
-    d = v - v.max()
-    e = (np.array([exp_scalar(float(t)) for t in d]) if d.size <= 8 else exp(d))
-    return e / e.sum()
 
 
 @dataclass
@@ -125,12 +120,31 @@ def check_mixing(mean_weight, var_weight, terms, dtype, where):
     return out
 
 
-def _merged(mu, var, axis):
-    """Mean and biased variance of groups of equal-count moments merged
-    along axis: mean of the means, and mean of (var + (mu - mean)**2)."""
-    m = mu.mean(axis=axis, keepdims=True)
-    v = (var + (mu - m) ** 2).mean(axis=axis, keepdims=True)
-    return m, v
+def _terms(N, C, mu_in, var_in, mu_ln, var_ln, mu_bn, var_bn, terms):
+    """(mu_k, var_k) per term, each broadcast to (N, C)."""
+    stats = [(mu_in, var_in), (np.broadcast_to(mu_ln[:, None], (N, C)),
+                               np.broadcast_to(var_ln[:, None], (N, C)))]
+    if terms == 3:
+        stats.append((np.broadcast_to(mu_bn, (N, C)), np.broadcast_to(var_bn, (N, C))))
+    return tuple(stats)
+
+
+def saved_fast(saved):
+    """The Saved of an eval call that took the fast path (switchable_call:
+    (x, stats, terms, inplace), stats its statistics in one float64 array)."""
+    x, st, terms, inplace = saved
+    N, C = x.shape[:2]
+    NC = N * C
+    mu_in, var_in, mu, invstd = (st[i * NC:(i + 1) * NC].reshape(N, C) for i in range(4))
+    o = 4 * NC
+    mu_ln, var_ln = st[o:o + N], st[o + N:o + 2 * N]
+    o += 2 * N
+    mu_bn, var_bn = st[o:o + C], st[o + C:o + 2 * C]
+    o += 2 * C
+    a, b = st[o:o + terms], st[o + 3:o + 3 + terms]
+    return Saved(ck.as_ncl(x), x.shape, mu_in, var_in, mu_ln, mu_bn if terms == 3 else None,
+                 mu, invstd, _terms(N, C, mu_in, var_in, mu_ln, var_ln, mu_bn, var_bn, terms),
+                 a, b, False, inplace, x.dtype)
 
 
 @_quiet
@@ -171,26 +185,24 @@ def statistics(where, x, mean_weight, var_weight, running_mean, running_var, wei
     _kernels.batch_stats(kv(x3.reshape(1, N * C, M)), mu_in, var_in)
     mu_in = mu_in.reshape(N, C)
     var_in = var_in.reshape(N, C)
-    mu_ln, var_ln = _merged(mu_in, var_in, 1)          # (N, 1)
-    stats = [(mu_in, var_in), (np.broadcast_to(mu_ln, (N, C)), np.broadcast_to(var_ln, (N, C)))]
-    mu_bn = None
-    if using_bn:
-        if training:
-            mu_bn, var_bn = _merged(mu_in, var_in, 0)  # (1, C)
-        else:
-            mu_bn = running_mean.astype(np.float64)[None, :]
-            var_bn = running_var.astype(np.float64)[None, :]
-        stats.append((np.broadcast_to(mu_bn, (N, C)), np.broadcast_to(var_bn, (N, C))))
-    a = softmax(mean_weight.astype(np.float64))
-    b = softmax(var_weight.astype(np.float64))
-    mu = sum(a[k] * stats[k][0] for k in range(terms))
-    var = sum(b[k] * stats[k][1] for k in range(terms))
-    with np.errstate(invalid="ignore"):
-        invstd = 1.0 / np.sqrt(var + eps)
-    saved = Saved(x3, x.shape, mu_in, var_in, mu_ln[:, 0],
-                  None if mu_bn is None else np.broadcast_to(mu_bn[0], (C,)),
-                  mu, invstd, tuple(stats), a, b, bool(training and using_bn), False,
-                  mean_weight.dtype)
+    # the layer and batch moments merged from the instance moments, the
+    # softmax weights and the mixture: one C loop (_kernels_switchable.pxi),
+    # the fast path's arithmetic
+    batch_from_x = bool(training)
+    if using_bn and not training:
+        mu_bn = running_mean.astype(np.float64)
+        var_bn = running_var.astype(np.float64)
+    else:
+        mu_bn, var_bn = np.empty(C), np.empty(C)
+    mu, invstd = np.empty((N, C)), np.empty((N, C))
+    mu_ln, var_ln = np.empty(N), np.empty(N)
+    a, b = np.empty(terms), np.empty(terms)
+    _kernels.switchable_mix(mu_in, var_in, mean_weight.astype(np.float64),
+                            var_weight.astype(np.float64), batch_from_x, eps, mu, invstd,
+                            mu_ln, var_ln, mu_bn, var_bn, a, b)
+    saved = Saved(x3, x.shape, mu_in, var_in, mu_ln, mu_bn if using_bn else None, mu,
+                  invstd, _terms(N, C, mu_in, var_in, mu_ln, var_ln, mu_bn, var_bn, terms),
+                  a, b, bool(training and using_bn), False, mean_weight.dtype)
     return saved, weight, bias, out
 
 

@@ -23,6 +23,9 @@ FAST = {("BatchNorm1d", "eval"), ("BatchNorm2d", "eval"), ("BatchNorm3d", "eval"
         ("GroupNorm", "train"), ("InstanceNorm1d", "eval"), ("InstanceNorm2d", "eval"),
         ("InstanceNorm3d", "eval"), ("InstanceNorm1d", "train"), ("InstanceNorm2d", "train"),
         ("InstanceNorm3d", "train"), ("LocalResponseNorm", "train")}
+# the same, for float32 and float64 data only (16-bit data: the general path)
+FAST_WIDE = {("SwitchableNorm1d", "eval"), ("SwitchableNorm2d", "eval"),
+             ("SwitchableNorm3d", "eval")}
 
 # every entry's small shapes, and the tiny calls of inference
 SHAPES = {e.name: e.shapes + tuple(s for s in [(1, 16, 8, 8), (1, 768), (1, 1, 4096),
@@ -63,8 +66,9 @@ def _check(entry, shape, dtype, mode, layer_dtype=None):
     # one channel's running statistics: NumPy's mean over the samples may
     # add them pairwise, so the update is the general path's
     one_channel = entry.name.startswith("Instance") and mode == "train" and shape[1] == 1
-    assert took_fast_path(a) == ((entry.name, mode) in FAST and len(shape) in entry.ranks
-                                 and not one_channel)
+    fast = ((entry.name, mode) in FAST
+            or ((entry.name, mode) in FAST_WIDE and np.dtype(dtype) in (np.float32, np.float64)))
+    assert took_fast_path(a) == (fast and len(shape) in entry.ranks and not one_channel)
     assert not took_fast_path(b)
     assert y.dtype == want.dtype and y.tobytes() == want.tobytes()
     for k, v in _state(a).items():

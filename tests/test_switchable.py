@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fastnorm
+import fastnorm.functional as F
 import reference as ref
 from util import finite_differences
 
@@ -239,3 +240,63 @@ def test_softmax_exp_scalar_is_bitwise_the_array_exp():
         want = exp(x)
     got = np.array([exp_scalar(float(v)) for v in x])
     assert got.tobytes() == want.tobytes()
+
+
+def test_softmax_exp_in_c_is_bitwise_exp_scalar():
+    """The mixing weights' softmax runs exp in C (exp_ieee, shared by the
+    general and the fast path): the same bits as exp_scalar's Python steps,
+    ties of the range reduction, clipping, overflow and underflow included,
+    in every kernel copy."""
+    from fastnorm import _native
+    from fastnorm._switchable import _INV_LN2, exp_scalar
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([np.linspace(-800, 800, 20001), rng.normal(size=5000) * 30,
+                        (np.arange(-40, 41) + 0.5) / _INV_LN2,
+                        [0.0, -0.0, np.inf, -np.inf, np.nan, 709.9, 709.79, -745.2,
+                         -744.44, 5e-324, -5e-324]])
+    want = np.array([exp_scalar(float(v)) for v in x])
+    for k in _native._loaded:
+        got = np.empty_like(x)
+        k.exp_ieee_values(x, got)
+        assert got.tobytes() == want.tobytes(), k.__name__
+
+
+@pytest.mark.parametrize("using_bn", [True, False], ids=["bn", "no-bn"])
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_eval_fast_path_is_bitwise_the_general_path(using_bn, dt):
+    """An eval call takes the fast path (switchable_call): the same output,
+    and a backward from its saved statistics with the same gradients, as the
+    general path; also in place (out=x), through the functional, and with a
+    NaN logit or an infinite running variance (NaN and 0 where the general
+    path puts them)."""
+    from util import fast_paths_off, took_fast_path
+
+    shape = (2, 5, 4, 3)
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=shape) * 2 + 1).astype(dt)
+    g = rng.normal(size=shape).astype(dt)
+    for case in ("plain", "nan-logit", "inf-var"):
+        a, b = _layer(shape, dt, using_bn, seed=4), _layer(shape, dt, using_bn, seed=4)
+        for layer in (a, b):
+            layer.eval()
+            if case == "nan-logit":
+                layer.mean_weight[1] = np.nan
+            if case == "inf-var" and using_bn:
+                layer.running_var[2] = np.inf
+        y = a(x)
+        assert took_fast_path(a)
+        with fast_paths_off():
+            want = b(x)
+            assert not took_fast_path(b)
+            dwant = b.backward(g)
+        assert y.tobytes() == want.tobytes(), case
+        assert a.backward(g).tobytes() == dwant.tobytes(), case
+        for k in ("weight", "bias", "mean_weight", "var_weight"):
+            assert getattr(a, k + "_grad").tobytes() == getattr(b, k + "_grad").tobytes()
+        args = (a.mean_weight, a.var_weight, a.running_mean, a.running_var, a.weight, a.bias)
+        f = F.switchable_norm(x, *args, training=False, using_bn=using_bn)
+        assert f.tobytes() == want.tobytes(), case
+        xi = x.copy()
+        F.switchable_norm(xi, *args, training=False, using_bn=using_bn, out=xi)
+        assert xi.tobytes() == want.tobytes(), case
