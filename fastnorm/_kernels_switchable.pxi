@@ -125,6 +125,12 @@ def switchable_mix(const double[:, ::1] mu_in, const double[:, ::1] var_in,
         raise ValueError("switchable_mix: expected N, C > 0")
     if terms == 3 and (mu_bn.shape[0] != C or var_bn.shape[0] != C):
         raise ValueError("switchable_mix: the batch term needs C values")
+    if (var_in.shape[0] != N or var_in.shape[1] != C or mu.shape[0] != N
+            or mu.shape[1] != C or invstd.shape[0] != N or invstd.shape[1] != C
+            or mu_ln.shape[0] != N or var_ln.shape[0] != N or a.shape[0] != terms
+            or b.shape[0] != terms):
+        raise ValueError("switchable_mix: expected (N, C) moments, mixture and invstd, "
+                         "(N,) layer moments and (terms,) weights")
     with nogil:
         softmax_ieee(&mean_logits[0], terms, &a[0])
         softmax_ieee(&var_logits[0], terms, &b[0])

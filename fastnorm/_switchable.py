@@ -166,9 +166,11 @@ def statistics(where, x, mean_weight, var_weight, running_mean, running_var, wei
         ck.same_dtype(where, weight=weight, bias=bias, mean_weight=mean_weight,
                       var_weight=var_weight, running_mean=running_mean,
                       running_var=running_var)
-        if not training and (running_mean is None or running_var is None):
-            raise ValueError(f"{where}: eval mode with using_bn needs running_mean and "
-                             "running_var")
+    if using_bn and not training and (running_mean is None or running_var is None):
+        raise ValueError(f"{where}: eval mode with using_bn needs running_mean and "
+                         "running_var (the batch term), got "
+                         f"running_mean={'None' if running_mean is None else 'an array'}, "
+                         f"running_var={'None' if running_var is None else 'an array'}")
     out = ck.out_array(out, x.shape, dt, x, where)
     x3 = ck.as_ncl(x)
     M = x3.shape[2]

@@ -300,3 +300,21 @@ def test_eval_fast_path_is_bitwise_the_general_path(using_bn, dt):
         xi = x.copy()
         F.switchable_norm(xi, *args, training=False, using_bn=using_bn, out=xi)
         assert xi.tobytes() == want.tobytes(), case
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_eval_without_running_statistics_is_a_clear_error(dt):
+    """An eval call with using_bn has no batch term without the running
+    statistics: a ValueError that says so (in every dtype), with nothing
+    written to out; using_bn=False needs none."""
+    x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(dt)
+    mw, vw = np.ones(3, dt), np.ones(3, dt)
+    out = np.zeros_like(x)
+    for rm, rv in ((None, None), (np.zeros(3, dt), None), (None, np.ones(3, dt))):
+        with pytest.raises(ValueError, match="eval mode with using_bn needs running_mean"):
+            F.switchable_norm(x, mw, vw, rm, rv, training=False, out=out)
+        with pytest.raises(ValueError, match="eval mode with using_bn needs running_mean"):
+            F.switchable_norm_backward(x, x, mw, vw, rm, rv, training=False)
+    assert not out.any()
+    y = F.switchable_norm(x, mw[:2], vw[:2], training=False, using_bn=False)
+    assert np.isfinite(y).all()
