@@ -41,14 +41,6 @@
         b1 += g1 * (fn_ld4d_##SUF(x + i + 4) - mv);                           \
     }
 #if defined(__AVX512F__)
-#define FN_SUM_REST(SUF)                                                      \
-    {                                                                         \
-        fn_v8d acc = fn_cat8d(lo, hi);                                        \
-        for (; i + 8 <= n; i += 8)                                            \
-            acc += fn_cvt8d(fn_ld8f_##SUF(x + i));                            \
-        lo = fn_lo8d(acc);                                                    \
-        hi = fn_hi8d(acc);                                                    \
-    }
 #define FN_DEV_REST(SUF)                                                      \
     {                                                                         \
         fn_v8d m8 = {md, md, md, md, md, md, md, md};                         \
@@ -77,9 +69,6 @@
         b1 = fn_hi8d(gb);                                                     \
     }
 #else
-#define FN_SUM_REST(SUF)                                                      \
-    for (; i + 8 <= n; i += 8)                                                \
-        fn_flush8(fn_ld8f_##SUF(x + i), &lo, &hi);
 #define FN_DEV_REST(SUF)                                                      \
     {                                                                         \
         fn_v4d m4 = {md, md, md, md};                                         \
@@ -93,45 +82,75 @@
 #endif
 
 /* --- statistics, float compute --------------------------------------- */
-#define FN_STATS_float(S, SUF)                                                \
-/* sum of x[0:n] in float64, float32 blocks */                               \
-static inline double fn_sum_##SUF(const S *x, int64_t n)                      \
+/* fn_NAME_SUF(x, n): sum of TERM(x) over x[0:n] in float64, TERM the
+ * identity (fn_sum) or the square (fn_sumsq, RMSNorm's one pass): float32
+ * blocks of FN_SBLOCK (32 lanes), then what is left under FN_SBLOCK in one
+ * float32 block of 16 lanes (at most 7 terms each), each flushed to float64;
+ * then 8 values widened to float64 lanes, then one by one.  A total that is
+ * not finite (a float32 block or term overflowed) is summed again wholly in
+ * float64.  PF: ask for the n values that follow (the next row of a thread
+ * walking memory) into L2 during the blocks (the pass that reads it from
+ * memory is the only one: RMSNorm's). */
+#define FN_TERM_ID(v) (v)
+#define FN_TERM_SQ(v) ((v) * (v))
+#define FN_BLOCKSUM(S, SUF, NAME, TERM, PF)                                   \
+static inline double fn_##NAME##_##SUF(const S *x, int64_t n)                 \
 {                                                                             \
     fn_v4d lo = {0}, hi = {0};                                                \
     double t = 0.0;                                                           \
     int64_t i = 0;                                                            \
     for (; i + FN_SBLOCK <= n; i += FN_SBLOCK) {                              \
         fn_vf a[FN_N32] = {{0}};                                              \
+        if (PF)                                                               \
+            for (int j = 0; j < FN_SBLOCK; j += 64 / (int)sizeof(S))          \
+                __builtin_prefetch(x + n + i + j, 0, 2);                      \
         for (int j = 0; j < FN_SBLOCK; j += 32)                               \
-            for (int k = 0; k < FN_N32; k++)                                  \
-                a[k] += fn_ldv_##SUF(x + i + j + k * FN_VL);                  \
+            for (int k = 0; k < FN_N32; k++) {                                \
+                fn_vf v = fn_ldv_##SUF(x + i + j + k * FN_VL);                \
+                a[k] += TERM(v);                                              \
+            }                                                                 \
         fn_flush8(fn_fold32(a), &lo, &hi);                                    \
     }                                                                         \
-    /* the rest (a short run, or the end of a long one), under FN_SBLOCK:     \
-     * one float32 block of 16 lanes (at most 7 terms each) flushed to        \
-     * float64, then 8 values widened to float64 lanes, then one by one */    \
     if (i + 16 <= n) {                                                        \
         fn_vf a[FN_N16] = {{0}};                                              \
         for (; i + 16 <= n; i += 16)                                          \
-            for (int k = 0; k < FN_N16; k++)                                  \
-                a[k] += fn_ldv_##SUF(x + i + k * FN_VL);                      \
+            for (int k = 0; k < FN_N16; k++) {                                \
+                fn_vf v = fn_ldv_##SUF(x + i + k * FN_VL);                    \
+                a[k] += TERM(v);                                              \
+            }                                                                 \
         fn_flush8(fn_fold16(a), &lo, &hi);                                    \
     }                                                                         \
-    FN_SUM_REST(SUF)                                                          \
-    for (; i < n; i++) t += (double)fn_ld_##SUF(x[i]);                        \
+    if (i + 8 <= n) {                                                         \
+        fn_v4d v0 = fn_ld4d_##SUF(x + i), v1 = fn_ld4d_##SUF(x + i + 4);      \
+        lo += TERM(v0);                                                       \
+        hi += TERM(v1);                                                       \
+        i += 8;                                                               \
+    }                                                                         \
+    for (; i < n; i++) {                                                      \
+        double v = (double)fn_ld_##SUF(x[i]);                                 \
+        t += TERM(v);                                                         \
+    }                                                                         \
     double total = fn_hsum(lo + hi) + t;                                      \
     if (!__builtin_isfinite(total)) {                                         \
         fn_v4d r0 = {0}, r1 = {0};                                            \
         t = 0.0;                                                              \
         for (i = 0; i + 8 <= n; i += 8) {                                     \
-            r0 += fn_ld4d_##SUF(x + i);                                       \
-            r1 += fn_ld4d_##SUF(x + i + 4);                                   \
+            fn_v4d v0 = fn_ld4d_##SUF(x + i), v1 = fn_ld4d_##SUF(x + i + 4);  \
+            r0 += TERM(v0);                                                   \
+            r1 += TERM(v1);                                                   \
         }                                                                     \
-        for (; i < n; i++) t += (double)fn_ld_##SUF(x[i]);                    \
+        for (; i < n; i++) {                                                  \
+            double v = (double)fn_ld_##SUF(x[i]);                             \
+            t += TERM(v);                                                     \
+        }                                                                     \
         total = fn_hsum(r0 + r1) + t;                                         \
     }                                                                         \
     return total;                                                             \
-}                                                                             \
+}
+
+#define FN_STATS_float(S, SUF)                                                \
+FN_BLOCKSUM(S, SUF, sum, FN_TERM_ID, 0)                                       \
+FN_BLOCKSUM(S, SUF, sumsq, FN_TERM_SQ, 1)                                     \
 /* sum of (x - m) and of (x - m)^2 over x[0:n], m a float32 value (the       \
  * centre: m is rounded to float); float32 blocks flushed to float64 */       \
 static inline void fn_dev_##SUF(const S *x, int64_t n, double m_,            \
@@ -250,6 +269,20 @@ static inline void fn_dot_##SUF(const S *x, const S *dy, int64_t n,          \
 
 /* --- statistics, double compute -------------------------------------- */
 #define FN_STATS_double(S, SUF)                                               \
+/* sum of x[0:n]^2 (RMSNorm's mean square) in 8 float64 lanes */              \
+static inline double fn_sumsq_##SUF(const S *x, int64_t n)                    \
+{                                                                             \
+    fn_v4d r0 = {0}, r1 = {0};                                                \
+    double t = 0.0;                                                           \
+    int64_t i = 0;                                                            \
+    for (; i + 8 <= n; i += 8) {                                              \
+        fn_v4d v0 = fn_ld4d_##SUF(x + i), v1 = fn_ld4d_##SUF(x + i + 4);      \
+        r0 += v0 * v0;                                                        \
+        r1 += v1 * v1;                                                        \
+    }                                                                         \
+    for (; i < n; i++) t += x[i] * x[i];                                      \
+    return fn_hsum(r0 + r1) + t;                                              \
+}                                                                             \
 /* sum of x[0:n] in float64 */                                                \
 static inline double fn_sum_##SUF(const S *x, int64_t n)                      \
 {                                                                             \
@@ -548,85 +581,8 @@ static inline void fn_expand4_##SUF(const S *tag, const double *k0,           \
         }                                                                     \
 }
 
-/* --- sum of squares: RMSNorm's mean square -----------------------------
- * fn_sumsq_SUF(x, n): sum of x[0:n]^2, one pass (no centre: the terms are
- * non-negative, nothing cancels).  float compute: the blocks of fn_sum
- * (FN_SBLOCK of 32 lanes, then one of 16 lanes, squares in float32, flushed
- * to float64), 8 more values squared in float64 lanes (exact), the tail one
- * by one; a total that is not finite (a float32 square or block overflowed)
- * is summed again wholly in float64.  double compute: 8 float64 lanes. */
-#define FN_SUMSQ_float(S, SUF)                                                \
-static inline double fn_sumsq_##SUF(const S *x, int64_t n)                    \
-{                                                                             \
-    fn_v4d lo = {0}, hi = {0};                                                \
-    double t = 0.0;                                                           \
-    int64_t i = 0;                                                            \
-    for (; i + FN_SBLOCK <= n; i += FN_SBLOCK) {                              \
-        fn_vf a[FN_N32] = {{0}};                                              \
-        /* as fn_dev: ask for the n values that follow (the next row of a     \
-         * thread walking memory), into L2 (L1 holds this row and its output) */\
-        for (int j = 0; j < FN_SBLOCK; j += 64 / (int)sizeof(S))              \
-            __builtin_prefetch(x + n + i + j, 0, 2);                          \
-        for (int j = 0; j < FN_SBLOCK; j += 32)                               \
-            for (int k = 0; k < FN_N32; k++) {                                \
-                fn_vf v = fn_ldv_##SUF(x + i + j + k * FN_VL);                \
-                a[k] += v * v;                                                \
-            }                                                                 \
-        fn_flush8(fn_fold32(a), &lo, &hi);                                    \
-    }                                                                         \
-    if (i + 16 <= n) {                                                        \
-        fn_vf a[FN_N16] = {{0}};                                              \
-        for (; i + 16 <= n; i += 16)                                          \
-            for (int k = 0; k < FN_N16; k++) {                                \
-                fn_vf v = fn_ldv_##SUF(x + i + k * FN_VL);                    \
-                a[k] += v * v;                                                \
-            }                                                                 \
-        fn_flush8(fn_fold16(a), &lo, &hi);                                    \
-    }                                                                         \
-    if (i + 8 <= n) {                                                         \
-        fn_v4d v0 = fn_ld4d_##SUF(x + i), v1 = fn_ld4d_##SUF(x + i + 4);      \
-        lo += v0 * v0;                                                        \
-        hi += v1 * v1;                                                        \
-        i += 8;                                                               \
-    }                                                                         \
-    for (; i < n; i++) {                                                      \
-        double v = (double)fn_ld_##SUF(x[i]);                                 \
-        t += v * v;                                                           \
-    }                                                                         \
-    double total = fn_hsum(lo + hi) + t;                                      \
-    if (!__builtin_isfinite(total)) {                                         \
-        fn_v4d r0 = {0}, r1 = {0};                                            \
-        t = 0.0;                                                              \
-        for (i = 0; i + 8 <= n; i += 8) {                                     \
-            fn_v4d v0 = fn_ld4d_##SUF(x + i), v1 = fn_ld4d_##SUF(x + i + 4);  \
-            r0 += v0 * v0;                                                    \
-            r1 += v1 * v1;                                                    \
-        }                                                                     \
-        for (; i < n; i++) {                                                  \
-            double v = (double)fn_ld_##SUF(x[i]);                             \
-            t += v * v;                                                       \
-        }                                                                     \
-        total = fn_hsum(r0 + r1) + t;                                         \
-    }                                                                         \
-    return total;                                                             \
-}
-#define FN_SUMSQ_double(S, SUF)                                               \
-static inline double fn_sumsq_##SUF(const S *x, int64_t n)                    \
-{                                                                             \
-    fn_v4d r0 = {0}, r1 = {0};                                                \
-    double t = 0.0;                                                           \
-    int64_t i = 0;                                                            \
-    for (; i + 8 <= n; i += 8) {                                              \
-        fn_v4d v0 = fn_ld4d_##SUF(x + i), v1 = fn_ld4d_##SUF(x + i + 4);      \
-        r0 += v0 * v0;                                                        \
-        r1 += v1 * v1;                                                        \
-    }                                                                         \
-    for (; i < n; i++) t += x[i] * x[i];                                      \
-    return fn_hsum(r0 + r1) + t;                                              \
-}
-
 #define FN_INST_CHANNELS(a, S, SUF, T) \
-    FN_STATS_##T(S, SUF) FN_SUMSQ_##T(S, SUF) FN_ELEM_##T(S, SUF) FN_ROWS(S, SUF, T)
+    FN_STATS_##T(S, SUF) FN_ELEM_##T(S, SUF) FN_ROWS(S, SUF, T)
 FN_STORAGE_TYPES(FN_INST_CHANNELS, _)
 
 #define fn_sum(x, n) FN_PICK(fn_sum, x)(x, n)
